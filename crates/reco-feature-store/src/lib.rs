@@ -1,0 +1,131 @@
+//! The feature store: everything the platform knows about users and items, behind one trait.
+//!
+//! ```text
+//!   versioned (bulk-loaded daily, switched atomically)      real-time (appended within seconds)
+//!   ├── user features + embedding                           └── user sequence: last N events
+//!   ├── recall pools (user -> top-K candidates)
+//!   ├── item features + categories + embedding
+//!   └── popular items
+//! ```
+//!
+//! Backends: [`MemoryFeatureStore`] (embedded default). Production backends implement the same trait and run the
+//! same shared suite ([`suite`]).
+
+mod memory;
+pub mod suite;
+
+use async_trait::async_trait;
+use reco_types::{Candidate, Event, FeatureVersion, Item, ItemId, User, UserId};
+
+pub use memory::MemoryFeatureStore;
+
+/// Sequence length kept per user unless configured otherwise.
+pub const DEFAULT_MAX_EVENTS: usize = 50;
+
+/// The version a fresh store reads and writes before any bulk load.
+pub const INITIAL_VERSION: &str = "v1";
+
+/// Errors of a feature store.
+#[derive(Debug, thiserror::Error)]
+pub enum FeatureStoreError {
+    /// The request named a feature-set version the store does not have.
+    #[error("feature version {0:?} does not exist")]
+    UnknownVersion(String),
+    /// The backend failed or could not be reached.
+    #[error("feature backend failed: {0}")]
+    Backend(String),
+}
+
+pub type Result<T, E = FeatureStoreError> = std::result::Result<T, E>;
+
+/// Everything the gateway's user-context stage needs, read in one call.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct UserContext {
+    /// None when the store has no features for the user.
+    pub user: Option<User>,
+    /// Best first.
+    pub recall_pool: Vec<Candidate>,
+    /// Most recent first.
+    pub recent_events: Vec<Event>,
+    /// The version read.
+    pub version: Option<FeatureVersion>,
+}
+
+impl UserContext {
+    /// Whether anything at all is known of the user.
+    pub fn found(&self) -> bool {
+        self.user.is_some() || !self.recall_pool.is_empty() || !self.recent_events.is_empty()
+    }
+}
+
+/// Which version a call reads or writes: `None` is the active one.
+pub type VersionSel<'a> = Option<&'a FeatureVersion>;
+
+/// A feature store. Object-safe: services hold an `Arc<dyn FeatureStore>` chosen at start-up.
+#[async_trait]
+pub trait FeatureStore: Send + Sync + 'static {
+    /// Features, embedding, recall pool (at most `max_pool`, 0 = all) and the last `max_events` events (0 = all).
+    async fn user_context(
+        &self,
+        version: VersionSel<'_>,
+        user_id: &UserId,
+        max_events: usize,
+        max_pool: usize,
+    ) -> Result<UserContext>;
+
+    /// The items found among `item_ids`, in the order asked; unknown ones are left out.
+    async fn items(
+        &self,
+        version: VersionSel<'_>,
+        item_ids: &[ItemId],
+        include_embeddings: bool,
+    ) -> Result<Vec<Item>>;
+
+    /// The `k` most popular items, of `category` when given.
+    async fn popular(
+        &self,
+        version: VersionSel<'_>,
+        k: usize,
+        category: Option<&str>,
+    ) -> Result<Vec<Candidate>>;
+
+    /// Writes users; with `merge`, given fields overwrite stored ones and the rest stay.
+    async fn put_users(
+        &self,
+        version: VersionSel<'_>,
+        users: Vec<User>,
+        merge: bool,
+    ) -> Result<usize>;
+
+    async fn put_items(&self, version: VersionSel<'_>, items: Vec<Item>) -> Result<usize>;
+
+    /// Replaces users' recall pools.
+    async fn put_recall_pools(
+        &self,
+        version: VersionSel<'_>,
+        pools: Vec<(UserId, Vec<Candidate>)>,
+    ) -> Result<usize>;
+
+    /// Replaces the popular list (most popular first).
+    async fn put_popular(&self, version: VersionSel<'_>, items: Vec<Candidate>) -> Result<usize>;
+
+    /// Appends events (oldest first) to the user's sequence, keeping the last `max_len`; returns the new length.
+    async fn append_events(
+        &self,
+        user_id: &UserId,
+        events: Vec<Event>,
+        max_len: usize,
+    ) -> Result<usize>;
+
+    /// The active version and every version stored.
+    async fn versions(&self) -> Result<(FeatureVersion, Vec<FeatureVersion>)>;
+
+    /// Makes `version` active (creating it empty if new); returns the previously active version.
+    async fn activate(&self, version: &FeatureVersion) -> Result<FeatureVersion>;
+
+    /// Whether the backend answers, for readiness.
+    async fn ping(&self) -> Result<()>;
+
+    /// The backend's name, for logs and stats.
+    fn backend(&self) -> &'static str;
+}

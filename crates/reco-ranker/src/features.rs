@@ -1,0 +1,94 @@
+//! The features a ranking model may read, computed from a request. One definition, used by every model and by
+//! the gateway's explain mode, so what a caller is shown is what the model saw.
+
+use crate::{RankCandidate, RankInput};
+
+/// Every feature the platform supplies, with what it means.
+pub const FEATURES: &[(&str, &str)] = &[
+    (
+        "embedding_similarity",
+        "cosine of user and item embeddings; 0 when either is missing",
+    ),
+    (
+        "cf_score",
+        "score from the collaborative-filtering recall pool; 0 when not found there",
+    ),
+    (
+        "cf_rank_reciprocal",
+        "1 / (1 + rank) in the CF pool; 0 when not found there",
+    ),
+    (
+        "vector_score",
+        "score from vector recall; 0 when not found there",
+    ),
+    (
+        "graph_score",
+        "score from graph recall; 0 when not found there",
+    ),
+    ("source_count", "how many recall sources found the item"),
+    ("log_popularity", "ln(1 + item feature `popularity`)"),
+    ("avg_rating", "item feature `avg_rating`, 0 when absent"),
+    (
+        "category_affinity",
+        "share of the item's categories among the user's `top_categories`",
+    ),
+    (
+        "is_popular_fallback",
+        "1 when only the popular fallback found the item",
+    ),
+];
+
+/// The names of [`FEATURES`].
+pub fn known() -> Vec<&'static str> {
+    FEATURES.iter().map(|(n, _)| *n).collect()
+}
+
+fn source_score(c: &RankCandidate, source: &str) -> Option<(u32, f32)> {
+    c.sources
+        .iter()
+        .find(|s| s.source.as_str() == source)
+        .map(|s| (s.rank, s.score))
+}
+
+/// The value of feature `name` for candidate `c`, or None when the name is not a platform feature.
+pub fn value(name: &str, input: &RankInput, c: &RankCandidate) -> Option<f64> {
+    Some(match name {
+        "embedding_similarity" => match (&input.user_embedding, &c.embedding) {
+            (Some(u), Some(i)) if u.dimension() == i.dimension() => u.cosine(i) as f64,
+            _ => 0.0,
+        },
+        "cf_score" => source_score(c, "cf").map_or(0.0, |(_, s)| s as f64),
+        "cf_rank_reciprocal" => source_score(c, "cf").map_or(0.0, |(r, _)| 1.0 / (1.0 + r as f64)),
+        "vector_score" => source_score(c, "vector").map_or(0.0, |(_, s)| s as f64),
+        "graph_score" => source_score(c, "graph").map_or(0.0, |(_, s)| s as f64),
+        "source_count" => c.sources.len() as f64,
+        "log_popularity" => c
+            .features
+            .number("popularity")
+            .map_or(0.0, |p| p.max(0.0).ln_1p()),
+        "avg_rating" => c.features.number("avg_rating").unwrap_or(0.0),
+        "category_affinity" => {
+            let top = input
+                .user_features
+                .get("top_categories")
+                .and_then(|v| v.as_string_list());
+            match top {
+                Some(top) if !c.categories.is_empty() => {
+                    let hits = c
+                        .categories
+                        .iter()
+                        .filter(|cat| top.iter().any(|t| t == cat.as_str()))
+                        .count();
+                    hits as f64 / c.categories.len() as f64
+                }
+                _ => 0.0,
+            }
+        }
+        "is_popular_fallback" => {
+            let only_popular =
+                !c.sources.is_empty() && c.sources.iter().all(|s| s.source.as_str() == "popular");
+            if only_popular { 1.0 } else { 0.0 }
+        }
+        _ => return None,
+    })
+}

@@ -1,0 +1,53 @@
+//! Clients for calling other reco services, carrying the caller's trace context.
+
+use std::time::Duration;
+
+use tonic::{
+    metadata::{MetadataKey, MetadataValue},
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::{Channel, Endpoint},
+};
+
+/// Adds the current span's W3C trace context to every outgoing request.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TraceInterceptor;
+
+impl Interceptor for TraceInterceptor {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        let metadata = request.metadata_mut();
+        reco_telemetry::inject(|key, value| {
+            if let (Ok(key), Ok(value)) = (
+                MetadataKey::from_bytes(key.as_bytes()),
+                MetadataValue::try_from(value.as_str()),
+            ) {
+                metadata.insert(key, value);
+            }
+        });
+        Ok(request)
+    }
+}
+
+/// A channel to another service whose requests carry trace context.
+pub type TracedChannel = InterceptedService<Channel, TraceInterceptor>;
+
+/// A lazily connected channel to `addr` (`host:port` or a full `http://` URI). It connects on first use and
+/// reconnects by itself, so a downstream that starts later or restarts is picked up without restarting the caller.
+pub fn channel(addr: &str) -> Result<TracedChannel, tonic::transport::Error> {
+    let uri = if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    };
+    let endpoint = Endpoint::from_shared(uri)?
+        .connect_timeout(Duration::from_millis(500))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_while_idle(true);
+    Ok(InterceptedService::new(
+        endpoint.connect_lazy(),
+        TraceInterceptor,
+    ))
+}

@@ -1,0 +1,240 @@
+//! The shared server builder.
+
+use std::{convert::Infallible, future::Future, net::SocketAddr, pin::Pin, time::Duration};
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{body::Body, server::NamedService, service::RoutesBuilder, transport::Server};
+use tonic_health::{ServingStatus, server::HealthReporter};
+use tower::limit::GlobalConcurrencyLimitLayer;
+use tower_http::catch_panic::CatchPanicLayer;
+use tracing::{info, warn};
+
+/// Server flags shared by every service binary (each also reads `RECO_*` from the environment).
+#[derive(Clone, Debug, clap::Args)]
+pub struct ServerArgs {
+    /// Address to listen on; each service has its own default port.
+    #[arg(long, env = "RECO_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Requests handled at once, over all connections; past it requests are refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "RECO_CONCURRENCY_LIMIT", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub concurrency_limit: u32,
+    /// How long in-flight requests may take to finish after a shutdown signal, in milliseconds.
+    #[arg(long, env = "RECO_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
+    pub drain_timeout_ms: u64,
+}
+
+impl Default for ServerArgs {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            concurrency_limit: 1024,
+            drain_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// Why a server stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The reflection service could not read the descriptors (a build problem).
+    #[error("cannot build server reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The transport failed (accepting connections, HTTP/2).
+    #[error("gRPC transport failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// In-flight requests did not finish within the drain timeout.
+    #[error("requests still running after the drain timeout of {0:?}; stopped anyway")]
+    DrainTimeout(Duration),
+}
+
+type Readiness = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+type ReadinessProbe = Box<dyn Fn() -> Readiness + Send + Sync>;
+
+/// A gRPC server with the layers, health and reflection every reco service has.
+pub struct GrpcServer {
+    name: &'static str,
+    args: ServerArgs,
+    routes: RoutesBuilder,
+    service_names: Vec<&'static str>,
+    health: HealthReporter,
+    readiness: Option<ReadinessProbe>,
+}
+
+impl GrpcServer {
+    /// A server for service `name` (used in logs) configured by `args`.
+    pub fn new(name: &'static str, args: ServerArgs) -> Self {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let mut routes = RoutesBuilder::default();
+        routes.add_service(health_service);
+        Self {
+            name,
+            args,
+            routes,
+            service_names: Vec::new(),
+            health,
+            readiness: None,
+        }
+    }
+
+    /// Adds a generated gRPC service. It is listed by reflection and has its own health status.
+    pub fn add_service<S>(mut self, service: S) -> Self
+    where
+        S: tower::Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+            + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        self.service_names.push(S::NAME);
+        self.routes.add_service(service);
+        self
+    }
+
+    /// A check that the service's backends answer. Health stays NOT_SERVING until it passes; it is retried.
+    pub fn readiness<F, Fut>(mut self, probe: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        self.readiness = Some(Box::new(move || Box::pin(probe())));
+        self
+    }
+
+    /// The health reporter, for services that change their status while running.
+    pub fn health_reporter(&self) -> HealthReporter {
+        self.health.clone()
+    }
+
+    async fn set_status(&self, status: ServingStatus) {
+        self.health.set_service_status("", status).await;
+        for name in &self.service_names {
+            self.health.set_service_status(*name, status).await;
+        }
+    }
+
+    /// Serves on `listener` until `shutdown` completes, then drains. Tests pass a listener bound to
+    /// `127.0.0.1:0`, so there is no port race.
+    pub async fn serve(
+        mut self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
+        self.set_status(ServingStatus::NotServing).await;
+
+        let mut reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(reco_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+        let mut reflection_alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(reco_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+        // List only this server's own services (and health), not every service in the shared descriptor set.
+        for name in self
+            .service_names
+            .iter()
+            .copied()
+            .chain(["grpc.health.v1.Health"])
+        {
+            reflection = reflection.with_service_name(name);
+            reflection_alpha = reflection_alpha.with_service_name(name);
+        }
+        self.routes.add_service(reflection.build_v1()?);
+        self.routes.add_service(reflection_alpha.build_v1alpha()?);
+        let routes = std::mem::take(&mut self.routes).routes();
+
+        let local = listener.local_addr().ok();
+        let name = self.name;
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let router = Server::builder()
+            // A span per request, child of the caller's trace when it sent one.
+            .trace_fn(move |request| {
+                let span = tracing::info_span!("grpc", service = name, rpc = %request.uri().path());
+                reco_telemetry::extract_into(request.headers(), &span);
+                span
+            })
+            // Refuse at once (RESOURCE_EXHAUSTED) when the concurrency limit is reached, rather than queue.
+            .load_shed(true)
+            // At most this many requests in flight, over every connection.
+            .layer(GlobalConcurrencyLimitLayer::new(
+                self.args.concurrency_limit as usize,
+            ))
+            // A panicking handler answers INTERNAL instead of dropping the connection.
+            .layer(CatchPanicLayer::custom(
+                |_panic: Box<dyn std::any::Any + Send>| {
+                    tonic::Status::internal("internal error: the handler panicked")
+                        .into_http::<Body>()
+                },
+            ))
+            .add_routes(routes);
+        let server = tokio::spawn(router.serve_with_incoming_shutdown(
+            TcpListenerStream::new(listener),
+            async {
+                let _ = stop_rx.await;
+            },
+        ));
+        info!(service = name, addr = ?local, "listening");
+
+        // Ready once the backends answer; the probe is retried until then, or until shutdown.
+        let mut shutdown = std::pin::pin!(shutdown);
+        let ready = async {
+            if let Some(probe) = &self.readiness {
+                let mut attempt = 0u32;
+                while let Err(error) = probe().await {
+                    attempt += 1;
+                    if attempt % 10 == 1 {
+                        warn!(service = name, %error, "backends not ready");
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        };
+        let shut_down_early = tokio::select! {
+            _ = ready => false,
+            _ = &mut shutdown => true,
+        };
+        if !shut_down_early {
+            self.set_status(ServingStatus::Serving).await;
+            info!(service = name, "serving");
+            shutdown.await;
+        }
+
+        // Flip health first so load balancers stop sending, then stop accepting and drain.
+        self.set_status(ServingStatus::NotServing).await;
+        info!(service = name, "draining");
+        let _ = stop_tx.send(());
+        let drain = Duration::from_millis(self.args.drain_timeout_ms);
+        let abort = server.abort_handle();
+        match tokio::time::timeout(drain, server).await {
+            Ok(Ok(result)) => Ok(result?),
+            Ok(Err(join)) => panic!("server task failed: {join}"),
+            Err(_) => {
+                abort.abort();
+                Err(ServerError::DrainTimeout(drain))
+            }
+        }
+    }
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => info!("interrupt received"),
+        _ = term => info!("terminate received"),
+    }
+}

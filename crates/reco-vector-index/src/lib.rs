@@ -1,0 +1,103 @@
+//! Vector recall: nearest items to a query vector, with category and id filters.
+//!
+//! Backends: [`ExactIndex`] (embedded default, brute force; exact, so it is also the ground truth that approximate
+//! indexes are measured against). Every backend runs the shared [`suite`].
+
+mod exact;
+pub mod suite;
+
+use async_trait::async_trait;
+use reco_types::{Embedding, ItemFilter, ItemId, Name};
+
+pub use exact::ExactIndex;
+
+/// Largest k a search may ask for.
+pub const MAX_K: usize = 1000;
+
+/// How similarity is measured. Higher scores are closer in both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Metric {
+    /// Cosine similarity (vectors are normalised at insert).
+    Cosine,
+    /// Raw dot product.
+    InnerProduct,
+}
+
+impl Metric {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Metric::Cosine => "cosine",
+            Metric::InnerProduct => "inner_product",
+        }
+    }
+}
+
+impl std::str::FromStr for Metric {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cosine" => Ok(Metric::Cosine),
+            "inner_product" | "ip" => Ok(Metric::InnerProduct),
+            other => Err(format!(
+                "unknown metric {other:?}: expected cosine or inner_product"
+            )),
+        }
+    }
+}
+
+/// Errors of a vector index.
+#[derive(Debug, thiserror::Error)]
+pub enum VectorIndexError {
+    /// A vector's dimension differs from the index's.
+    #[error("{field} has {got} dimensions, the index has {expected}")]
+    Dimension {
+        field: String,
+        got: usize,
+        expected: usize,
+    },
+    /// The backend failed or could not be reached.
+    #[error("vector backend failed: {0}")]
+    Backend(String),
+}
+
+pub type Result<T, E = VectorIndexError> = std::result::Result<T, E>;
+
+/// An item's vector and categories.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IndexedItem {
+    pub item_id: ItemId,
+    pub vector: Embedding,
+    pub categories: Vec<Name>,
+}
+
+/// One search result.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Hit {
+    pub item_id: ItemId,
+    pub score: f32,
+}
+
+/// Index statistics.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IndexStats {
+    pub count: u64,
+    pub dimension: usize,
+    pub metric: Metric,
+    pub version: String,
+}
+
+/// A vector index. Object-safe: services hold an `Arc<dyn VectorIndex>` chosen at start-up.
+#[async_trait]
+pub trait VectorIndex: Send + Sync + 'static {
+    /// The `k` items closest to `query` that pass `filter`, best first.
+    async fn search(&self, query: &Embedding, k: usize, filter: &ItemFilter) -> Result<Vec<Hit>>;
+    /// The stored vectors of these items (unknown ones left out), for "more like these" queries.
+    async fn vectors(&self, items: &[ItemId]) -> Result<Vec<Embedding>>;
+    /// Inserts or replaces items.
+    async fn upsert(&self, items: Vec<IndexedItem>) -> Result<usize>;
+    /// Removes items; returns how many existed.
+    async fn delete(&self, items: &[ItemId]) -> Result<usize>;
+    async fn stats(&self) -> Result<IndexStats>;
+    fn dimension(&self) -> usize;
+    fn backend(&self) -> &'static str;
+}
