@@ -18,3 +18,33 @@ use reco_types::ValidationError;
 pub fn invalid_argument(error: ValidationError) -> tonic::Status {
     tonic::Status::invalid_argument(error.to_string())
 }
+
+/// Implements a generated gRPC service trait by delegating each RPC to the inherent handler of the same name,
+/// `async fn rpc(&self, request: Req) -> Result<Resp, E>` where `tonic::Status: From<E>` (inherent methods win
+/// method resolution). Handlers then use `?` freely on their own error type, and the one
+/// `From<Error> for Status` decides every code.
+///
+/// ```ignore
+/// reco_server::delegate_rpcs! { FeatureService => FeatureApi {
+///     get_user_context(GetUserContextRequest) -> GetUserContextResponse;
+/// }}
+/// ```
+#[macro_export]
+macro_rules! delegate_rpcs {
+    ($service:path => $api:ty { $($rpc:ident($req:ty) -> $resp:ty;)* }) => {
+        #[tonic::async_trait]
+        impl $service for $api {
+            $(
+                async fn $rpc(
+                    &self,
+                    request: tonic::Request<$req>,
+                ) -> Result<tonic::Response<$resp>, tonic::Status> {
+                    self.$rpc(request.into_inner())
+                        .await
+                        .map(tonic::Response::new)
+                        .map_err(tonic::Status::from)
+                }
+            )*
+        }
+    };
+}

@@ -4,8 +4,9 @@ use std::{fmt, sync::Arc};
 
 use crate::{MAX_ID_BYTES, MAX_NAME_BYTES, ValidationError};
 
-/// Checks the rules every identifier shares: not empty, not too long, no control characters.
-fn check(field: &str, s: &str, max: usize) -> Result<(), ValidationError> {
+/// Checks the rules every identifier shares: not empty, at most `max` bytes, no control characters. For opaque
+/// keys (session ids, rate-limit keys) that have no type of their own.
+pub fn check_id(field: &str, s: &str, max: usize) -> Result<(), ValidationError> {
     if s.is_empty() {
         return Err(ValidationError::new(field, "must not be empty"));
     }
@@ -35,7 +36,7 @@ macro_rules! id_type {
             /// Validates `s`, reporting an error against `field`.
             pub fn parse(field: &str, s: impl AsRef<str>) -> Result<Self, ValidationError> {
                 let s = s.as_ref();
-                check(field, s, $max)?;
+                check_id(field, s, $max)?;
                 Ok(Self(Arc::from(s)))
             }
 

@@ -14,7 +14,7 @@ mod stage;
 
 pub use error::{ValidationError, each};
 pub use features::{Embedding, FeatureValue, Features, dot};
-pub use ids::{FeatureVersion, ItemId, Name, Scene, UserId};
+pub use ids::{FeatureVersion, ItemId, Name, Scene, UserId, check_id};
 pub use items::{
     Candidate, Event, Item, ItemFilter, SourceHit, User, check_batch, check_candidates,
 };

@@ -1,0 +1,284 @@
+//! The gRPC edge: validates requests into domain types, calls the store, converts back.
+
+use std::sync::Arc;
+
+use reco_feature_store::FeatureStore;
+use reco_proto::{
+    conversions::{candidates, each},
+    feature::v1::{self as pb, feature_service_server::FeatureService},
+};
+use reco_types::{
+    FeatureVersion, Item, ItemId, MAX_BATCH, Name, User, UserId, ValidationError, check_batch,
+    count,
+};
+
+use crate::Error;
+
+/// The FeatureService implementation over any store.
+pub struct FeatureApi {
+    store: Arc<dyn FeatureStore>,
+    max_events: usize,
+}
+
+impl FeatureApi {
+    pub fn new(store: Arc<dyn FeatureStore>, max_events: usize) -> Self {
+        Self { store, max_events }
+    }
+}
+
+/// Reads an optional version: empty means the active one.
+fn version(s: &str) -> Result<Option<FeatureVersion>, ValidationError> {
+    if s.is_empty() {
+        Ok(None)
+    } else {
+        FeatureVersion::parse("feature_version", s).map(Some)
+    }
+}
+
+impl FeatureApi {
+    async fn get_user_context(
+        &self,
+        request: pb::GetUserContextRequest,
+    ) -> Result<pb::GetUserContextResponse, Error> {
+        let pb::GetUserContextRequest {
+            user_id,
+            feature_version,
+            max_events,
+            max_pool,
+        } = request;
+        let user_id = UserId::parse("user_id", &user_id)?;
+        let version = version(&feature_version)?;
+        let max_events = count("max_events", max_events, self.max_events as u32, 1, 10_000)?;
+        let max_pool = if max_pool == 0 {
+            0
+        } else {
+            count(
+                "max_pool",
+                max_pool,
+                0,
+                1,
+                reco_types::MAX_CANDIDATES as u32,
+            )?
+        };
+        let ctx = self
+            .store
+            .user_context(
+                version.as_ref(),
+                &user_id,
+                max_events as usize,
+                max_pool as usize,
+            )
+            .await?;
+        let found = ctx.found();
+        let (features, embedding) = match ctx.user {
+            Some(u) => (
+                Some(u.features.into()),
+                u.embedding.map(Into::into).unwrap_or_default(),
+            ),
+            None => (None, Vec::new()),
+        };
+        Ok(pb::GetUserContextResponse {
+            user_id: user_id.into(),
+            found,
+            features,
+            embedding,
+            recall_pool: ctx.recall_pool.into_iter().map(Into::into).collect(),
+            recent_events: ctx.recent_events.into_iter().map(Into::into).collect(),
+            feature_version: ctx.version.map(Into::into).unwrap_or_default(),
+        })
+    }
+
+    async fn batch_get_item_features(
+        &self,
+        request: pb::BatchGetItemFeaturesRequest,
+    ) -> Result<pb::BatchGetItemFeaturesResponse, Error> {
+        let pb::BatchGetItemFeaturesRequest {
+            item_ids,
+            feature_version,
+            include_embeddings,
+        } = request;
+        check_batch("item_ids", item_ids.len())?;
+        let ids = each("item_ids", item_ids, |s| ItemId::parse("", s))?;
+        let version = version(&feature_version)?;
+        let items = self
+            .store
+            .items(version.as_ref(), &ids, include_embeddings)
+            .await?;
+        let found: std::collections::HashSet<&str> =
+            items.iter().map(|i| i.item_id.as_str()).collect();
+        let missing_item_ids = ids
+            .iter()
+            .filter(|id| !found.contains(id.as_str()))
+            .map(|id| id.to_string())
+            .collect();
+        let feature_version = match version {
+            Some(v) => v.into(),
+            None => self.store.versions().await?.0.into(),
+        };
+        Ok(pb::BatchGetItemFeaturesResponse {
+            items: items.into_iter().map(Into::into).collect(),
+            missing_item_ids,
+            feature_version,
+        })
+    }
+
+    async fn get_popular_items(
+        &self,
+        request: pb::GetPopularItemsRequest,
+    ) -> Result<pb::GetPopularItemsResponse, Error> {
+        let pb::GetPopularItemsRequest {
+            k,
+            category,
+            feature_version,
+        } = request;
+        let k = count("k", k, 100, 1, MAX_BATCH as u32)?;
+        let category = if category.is_empty() {
+            None
+        } else {
+            Some(Name::parse("category", &category)?)
+        };
+        let version = version(&feature_version)?;
+        let items = self
+            .store
+            .popular(
+                version.as_ref(),
+                k as usize,
+                category.as_ref().map(Name::as_str),
+            )
+            .await?;
+        Ok(pb::GetPopularItemsResponse {
+            items: items.into_iter().map(Into::into).collect(),
+        })
+    }
+
+    async fn put_user_features(
+        &self,
+        request: pb::PutUserFeaturesRequest,
+    ) -> Result<pb::PutUserFeaturesResponse, Error> {
+        let pb::PutUserFeaturesRequest {
+            users,
+            feature_version,
+            merge,
+        } = request;
+        check_batch("users", users.len())?;
+        let users = each("users", users, User::try_from)?;
+        let version = version(&feature_version)?;
+        let written = self.store.put_users(version.as_ref(), users, merge).await?;
+        Ok(pb::PutUserFeaturesResponse {
+            written: written as u32,
+        })
+    }
+
+    async fn put_item_features(
+        &self,
+        request: pb::PutItemFeaturesRequest,
+    ) -> Result<pb::PutItemFeaturesResponse, Error> {
+        let pb::PutItemFeaturesRequest {
+            items,
+            feature_version,
+        } = request;
+        check_batch("items", items.len())?;
+        let items = each("items", items, Item::try_from)?;
+        let version = version(&feature_version)?;
+        let written = self.store.put_items(version.as_ref(), items).await?;
+        Ok(pb::PutItemFeaturesResponse {
+            written: written as u32,
+        })
+    }
+
+    async fn put_recall_pools(
+        &self,
+        request: pb::PutRecallPoolsRequest,
+    ) -> Result<pb::PutRecallPoolsResponse, Error> {
+        let pb::PutRecallPoolsRequest {
+            pools,
+            feature_version,
+        } = request;
+        check_batch("pools", pools.len())?;
+        let pools = each("pools", pools, |p| {
+            let pb::RecallPool {
+                user_id,
+                candidates: c,
+            } = p;
+            Ok((
+                UserId::parse("user_id", &user_id)?,
+                candidates("candidates", c)?,
+            ))
+        })?;
+        let version = version(&feature_version)?;
+        let written = self.store.put_recall_pools(version.as_ref(), pools).await?;
+        Ok(pb::PutRecallPoolsResponse {
+            written: written as u32,
+        })
+    }
+
+    async fn put_popular_items(
+        &self,
+        request: pb::PutPopularItemsRequest,
+    ) -> Result<pb::PutPopularItemsResponse, Error> {
+        let pb::PutPopularItemsRequest {
+            items,
+            feature_version,
+        } = request;
+        let items = candidates("items", items)?;
+        let version = version(&feature_version)?;
+        let written = self.store.put_popular(version.as_ref(), items).await?;
+        Ok(pb::PutPopularItemsResponse {
+            written: written as u32,
+        })
+    }
+
+    async fn append_events(
+        &self,
+        request: pb::AppendEventsRequest,
+    ) -> Result<pb::AppendEventsResponse, Error> {
+        let pb::AppendEventsRequest { user_id, events } = request;
+        let user_id = UserId::parse("user_id", &user_id)?;
+        check_batch("events", events.len())?;
+        let events = each("events", events, reco_types::Event::try_from)?;
+        let length = self
+            .store
+            .append_events(&user_id, events, self.max_events)
+            .await?;
+        Ok(pb::AppendEventsResponse {
+            length: length as u32,
+        })
+    }
+
+    async fn list_versions(
+        &self,
+        _request: pb::ListVersionsRequest,
+    ) -> Result<pb::ListVersionsResponse, Error> {
+        let (active, all) = self.store.versions().await?;
+        Ok(pb::ListVersionsResponse {
+            active_version: active.into(),
+            versions: all.into_iter().map(Into::into).collect(),
+        })
+    }
+
+    async fn activate_version(
+        &self,
+        request: pb::ActivateVersionRequest,
+    ) -> Result<pb::ActivateVersionResponse, Error> {
+        let pb::ActivateVersionRequest { feature_version } = request;
+        let v = FeatureVersion::parse("feature_version", &feature_version)?;
+        let previous = self.store.activate(&v).await?;
+        tracing::info!(version = %v, %previous, "feature version activated");
+        Ok(pb::ActivateVersionResponse {
+            previous_version: previous.into(),
+        })
+    }
+}
+
+reco_server::delegate_rpcs! { FeatureService => FeatureApi {
+    get_user_context(pb::GetUserContextRequest) -> pb::GetUserContextResponse;
+    batch_get_item_features(pb::BatchGetItemFeaturesRequest) -> pb::BatchGetItemFeaturesResponse;
+    get_popular_items(pb::GetPopularItemsRequest) -> pb::GetPopularItemsResponse;
+    put_user_features(pb::PutUserFeaturesRequest) -> pb::PutUserFeaturesResponse;
+    put_item_features(pb::PutItemFeaturesRequest) -> pb::PutItemFeaturesResponse;
+    put_recall_pools(pb::PutRecallPoolsRequest) -> pb::PutRecallPoolsResponse;
+    put_popular_items(pb::PutPopularItemsRequest) -> pb::PutPopularItemsResponse;
+    append_events(pb::AppendEventsRequest) -> pb::AppendEventsResponse;
+    list_versions(pb::ListVersionsRequest) -> pb::ListVersionsResponse;
+    activate_version(pb::ActivateVersionRequest) -> pb::ActivateVersionResponse;
+}}

@@ -1,0 +1,137 @@
+//! The gRPC edge: validates requests into domain types, calls the store, converts back.
+
+use std::{sync::Arc, time::Duration};
+
+use reco_graph_store::{Edge, EdgeKind, GraphStore, MAX_K, MAX_STEPS, RecallQuery, Strategy, TargetKind};
+use reco_proto::{
+    conversions::each,
+    graph_recall::v1::{self as pb, graph_recall_server::GraphRecall},
+};
+use reco_types::{UserId, ValidationError, check_batch, count};
+
+use crate::Error;
+
+/// The GraphRecall implementation over any store.
+pub struct GraphApi {
+    store: Arc<dyn GraphStore>,
+}
+
+impl GraphApi {
+    pub fn new(store: Arc<dyn GraphStore>) -> Self {
+        Self { store }
+    }
+}
+
+fn strategy(s: i32) -> Result<Strategy, ValidationError> {
+    match pb::Strategy::try_from(s) {
+        Ok(pb::Strategy::FriendsOfFriends) => Ok(Strategy::FriendsOfFriends),
+        Ok(pb::Strategy::FriendsItems) => Ok(Strategy::FriendsItems),
+        Ok(pb::Strategy::SharedInterests) => Ok(Strategy::SharedInterests),
+        Ok(pb::Strategy::RandomWalk) => Ok(Strategy::RandomWalk),
+        Ok(pb::Strategy::Unspecified) | Err(_) => Err(ValidationError::new("", format!("{s} is not a strategy"))),
+    }
+}
+
+fn to_pb_strategy(s: Strategy) -> pb::Strategy {
+    match s {
+        Strategy::FriendsOfFriends => pb::Strategy::FriendsOfFriends,
+        Strategy::FriendsItems => pb::Strategy::FriendsItems,
+        Strategy::SharedInterests => pb::Strategy::SharedInterests,
+        Strategy::RandomWalk => pb::Strategy::RandomWalk,
+    }
+}
+
+fn edge(e: pb::Edge) -> Result<Edge, ValidationError> {
+    let pb::Edge { src, dst, kind, weight } = e;
+    let kind = match pb::EdgeKind::try_from(kind) {
+        Ok(pb::EdgeKind::Follows) => EdgeKind::Follows,
+        Ok(pb::EdgeKind::Engaged) => EdgeKind::Engaged,
+        Ok(pb::EdgeKind::Created) => EdgeKind::Created,
+        Ok(pb::EdgeKind::HasTag) => EdgeKind::HasTag,
+        Ok(pb::EdgeKind::Unspecified) | Err(_) => {
+            return Err(ValidationError::new("kind", format!("{kind} is not an edge kind")));
+        }
+    };
+    Edge::parse(kind, &src, &dst, weight)
+}
+
+fn edges(list: Vec<pb::Edge>) -> Result<Vec<Edge>, ValidationError> {
+    check_batch("edges", list.len())?;
+    each("edges", list, edge)
+}
+
+impl GraphApi {
+    async fn recall(&self, r: pb::RecallRequest) -> Result<pb::RecallResponse, Error> {
+        let pb::RecallRequest {
+            user_id,
+            strategies,
+            k,
+            max_steps,
+            time_budget_ms,
+        } = r;
+        let user = UserId::parse("user_id", &user_id)?;
+        let mut strategies = each("strategies", strategies, strategy)?;
+        if strategies.is_empty() {
+            strategies = vec![Strategy::FriendsItems, Strategy::SharedInterests];
+        }
+        strategies.dedup();
+        let k = count("k", k, 100, 1, MAX_K as u32)?;
+        let max_steps = count("max_steps", max_steps, 10_000, 1, MAX_STEPS as u32)?;
+        let budget = count("time_budget_ms", time_budget_ms, 20, 1, 10_000)?;
+        let result = self
+            .store
+            .recall(&RecallQuery {
+                user,
+                strategies,
+                k: k as usize,
+                max_steps: max_steps as usize,
+                time_budget: Duration::from_millis(budget as u64),
+            })
+            .await?;
+        Ok(pb::RecallResponse {
+            candidates: result
+                .candidates
+                .into_iter()
+                .map(|c| pb::GraphCandidate {
+                    id: c.id,
+                    kind: match c.kind {
+                        TargetKind::Item => pb::TargetKind::Item,
+                        TargetKind::User => pb::TargetKind::User,
+                    } as i32,
+                    score: c.score,
+                    strategy: to_pb_strategy(c.strategy) as i32,
+                    reason: c.reason,
+                })
+                .collect(),
+            truncated: result.truncated,
+        })
+    }
+
+    async fn add_edges(&self, r: pb::AddEdgesRequest) -> Result<pb::AddEdgesResponse, Error> {
+        let added = self.store.add_edges(edges(r.edges)?).await?;
+        Ok(pb::AddEdgesResponse { added: added as u32 })
+    }
+
+    async fn remove_edges(&self, r: pb::RemoveEdgesRequest) -> Result<pb::RemoveEdgesResponse, Error> {
+        let removed = self.store.remove_edges(edges(r.edges)?).await?;
+        Ok(pb::RemoveEdgesResponse { removed: removed as u32 })
+    }
+
+    async fn stats(&self, _r: pb::StatsRequest) -> Result<pb::StatsResponse, Error> {
+        let s = self.store.stats().await?;
+        Ok(pb::StatsResponse {
+            users: s.users,
+            items: s.items,
+            tags: s.tags,
+            edges: s.edges,
+            backend: self.store.backend().to_string(),
+        })
+    }
+}
+
+reco_server::delegate_rpcs! { GraphRecall => GraphApi {
+    recall(pb::RecallRequest) -> pb::RecallResponse;
+    add_edges(pb::AddEdgesRequest) -> pb::AddEdgesResponse;
+    remove_edges(pb::RemoveEdgesRequest) -> pb::RemoveEdgesResponse;
+    stats(pb::StatsRequest) -> pb::StatsResponse;
+}}

@@ -1,0 +1,13 @@
+use clap::Parser;
+use reco_graph_recall::Config;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    let _telemetry = reco_telemetry::init("reco-graph-recall", &config.telemetry)?;
+    let listener = tokio::net::TcpListener::bind(config.listen_addr()).await?;
+    reco_graph_recall::build(&config)?
+        .serve(listener, reco_server::shutdown_signal())
+        .await?;
+    Ok(())
+}

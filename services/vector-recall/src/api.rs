@@ -1,0 +1,132 @@
+//! The gRPC edge: validates requests into domain types, resolves the query vector, searches.
+
+use std::sync::Arc;
+
+use reco_proto::{
+    conversions::each,
+    feature::v1::{GetUserContextRequest, feature_service_client::FeatureServiceClient},
+    vector_recall::v1::{self as pb, search_request::Query, vector_recall_server::VectorRecall},
+};
+use reco_server::TracedChannel;
+use reco_types::{Embedding, ItemFilter, ItemId, Name, UserId, ValidationError, check_batch, count};
+use reco_vector_index::{IndexedItem, MAX_K, VectorIndex};
+
+use crate::Error;
+
+/// Recent items averaged into a query vector for a user without an embedding.
+const RECENT_ITEMS_FOR_QUERY: u32 = 20;
+
+/// The VectorRecall implementation over any index.
+pub struct VectorApi {
+    index: Arc<dyn VectorIndex>,
+    features: Option<FeatureServiceClient<TracedChannel>>,
+}
+
+impl VectorApi {
+    pub fn new(index: Arc<dyn VectorIndex>, features: Option<FeatureServiceClient<TracedChannel>>) -> Self {
+        Self { index, features }
+    }
+
+    /// The query vector; None when the user or items have nothing to search with (an empty answer).
+    async fn query_vector(&self, query: Query) -> Result<Option<Embedding>, Error> {
+        match query {
+            Query::Vector(v) => Ok(Some(Embedding::parse("vector.values", v.values)?)),
+            Query::ItemIds(pb::ItemIds { item_ids }) => {
+                check_batch("item_ids.item_ids", item_ids.len())?;
+                let ids = each("item_ids.item_ids", item_ids, |s| ItemId::parse("", s))?;
+                let vectors = self.index.vectors(&ids).await?;
+                Ok(Embedding::mean(&vectors))
+            }
+            Query::UserId(user_id) => {
+                let user_id = UserId::parse("user_id", &user_id)?;
+                let mut client = self.features.clone().ok_or(Error::NoFeatureService)?;
+                let ctx = client
+                    .get_user_context(GetUserContextRequest {
+                        user_id: user_id.into(),
+                        feature_version: String::new(),
+                        max_events: RECENT_ITEMS_FOR_QUERY,
+                        max_pool: 1,
+                    })
+                    .await
+                    .map_err(Error::Features)?
+                    .into_inner();
+                if !ctx.embedding.is_empty() {
+                    // The stored embedding was validated when written; a bad one is the store's fault.
+                    let e = Embedding::parse("embedding", ctx.embedding)
+                        .map_err(|e| Error::Features(tonic::Status::data_loss(e.to_string())))?;
+                    return Ok(Some(e));
+                }
+                let recent: Vec<ItemId> = ctx
+                    .recent_events
+                    .into_iter()
+                    .filter_map(|e| ItemId::parse("item_id", &e.item_id).ok())
+                    .collect();
+                Ok(Embedding::mean(&self.index.vectors(&recent).await?))
+            }
+        }
+    }
+
+    async fn search(&self, r: pb::SearchRequest) -> Result<pb::SearchResponse, Error> {
+        let pb::SearchRequest { query, k, filter } = r;
+        let k = count("k", k, 100, 1, MAX_K as u32)?;
+        let filter = filter.map(ItemFilter::try_from).transpose().map_err(|e| e.within("filter"))?.unwrap_or_default();
+        let query = query.ok_or_else(|| ValidationError::new("query", "set one of vector, user_id or item_ids"))?;
+        let stats = self.index.stats().await?;
+        let hits = match self.query_vector(query).await? {
+            Some(q) => self.index.search(&q, k as usize, &filter).await?,
+            None => Vec::new(),
+        };
+        Ok(pb::SearchResponse {
+            hits: hits
+                .into_iter()
+                .map(|h| pb::Hit {
+                    item_id: h.item_id.into(),
+                    score: h.score,
+                })
+                .collect(),
+            index_version: stats.version,
+        })
+    }
+
+    async fn upsert(&self, r: pb::UpsertRequest) -> Result<pb::UpsertResponse, Error> {
+        check_batch("items", r.items.len())?;
+        let dimension = self.index.dimension();
+        let items = each("items", r.items, |i| {
+            let pb::ItemVector { item_id, vector, categories } = i;
+            let vector = Embedding::parse("vector", vector)?;
+            vector.expect_dimension("vector", dimension)?;
+            Ok(IndexedItem {
+                item_id: ItemId::parse("item_id", &item_id)?,
+                vector,
+                categories: each("categories", categories, |c| Name::parse("", c))?,
+            })
+        })?;
+        let upserted = self.index.upsert(items).await?;
+        Ok(pb::UpsertResponse { upserted: upserted as u32 })
+    }
+
+    async fn delete(&self, r: pb::DeleteRequest) -> Result<pb::DeleteResponse, Error> {
+        check_batch("item_ids", r.item_ids.len())?;
+        let ids = each("item_ids", r.item_ids, |s| ItemId::parse("", s))?;
+        let deleted = self.index.delete(&ids).await?;
+        Ok(pb::DeleteResponse { deleted: deleted as u32 })
+    }
+
+    async fn stats(&self, _r: pb::StatsRequest) -> Result<pb::StatsResponse, Error> {
+        let s = self.index.stats().await?;
+        Ok(pb::StatsResponse {
+            count: s.count,
+            dimension: s.dimension as u32,
+            metric: s.metric.as_str().to_string(),
+            backend: self.index.backend().to_string(),
+            index_version: s.version,
+        })
+    }
+}
+
+reco_server::delegate_rpcs! { VectorRecall => VectorApi {
+    search(pb::SearchRequest) -> pb::SearchResponse;
+    upsert(pb::UpsertRequest) -> pb::UpsertResponse;
+    delete(pb::DeleteRequest) -> pb::DeleteResponse;
+    stats(pb::StatsRequest) -> pb::StatsResponse;
+}}
