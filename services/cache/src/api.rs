@@ -38,7 +38,10 @@ fn millis(field: &str, ms: u64, default: Duration) -> Result<Duration, Validatio
     }
     let d = Duration::from_millis(ms);
     if d > MAX_TTL {
-        return Err(ValidationError::new(field, format!("is {ms} ms, the limit is {} ms", MAX_TTL.as_millis())));
+        return Err(ValidationError::new(
+            field,
+            format!("is {ms} ms, the limit is {} ms", MAX_TTL.as_millis()),
+        ));
     }
     Ok(d)
 }
@@ -49,7 +52,10 @@ fn key(field: &str, s: &str) -> Result<String, ValidationError> {
 }
 
 impl CacheApi {
-    async fn get_recommendations(&self, r: pb::GetRecommendationsRequest) -> Result<pb::GetRecommendationsResponse, Error> {
+    async fn get_recommendations(
+        &self,
+        r: pb::GetRecommendationsRequest,
+    ) -> Result<pb::GetRecommendationsResponse, Error> {
         let pb::GetRecommendationsRequest { user_id, scene } = r;
         let (u, s) = (user(&user_id)?, Scene::parse("scene", &scene)?);
         Ok(match self.store.get_result(&u, &s).await? {
@@ -63,8 +69,16 @@ impl CacheApi {
         })
     }
 
-    async fn put_recommendations(&self, r: pb::PutRecommendationsRequest) -> Result<pb::PutRecommendationsResponse, Error> {
-        let pb::PutRecommendationsRequest { user_id, scene, items, ttl_ms } = r;
+    async fn put_recommendations(
+        &self,
+        r: pb::PutRecommendationsRequest,
+    ) -> Result<pb::PutRecommendationsResponse, Error> {
+        let pb::PutRecommendationsRequest {
+            user_id,
+            scene,
+            items,
+            ttl_ms,
+        } = r;
         let (u, s) = (user(&user_id)?, Scene::parse("scene", &scene)?);
         let items = candidates("items", items)?;
         let ttl = millis("ttl_ms", ttl_ms, DEFAULT_RESULT_TTL)?;
@@ -75,33 +89,61 @@ impl CacheApi {
     async fn invalidate(&self, r: pb::InvalidateRequest) -> Result<pb::InvalidateResponse, Error> {
         let pb::InvalidateRequest { user_id, scene } = r;
         let u = user(&user_id)?;
-        let scene = if scene.is_empty() { None } else { Some(Scene::parse("scene", &scene)?) };
+        let scene = if scene.is_empty() {
+            None
+        } else {
+            Some(Scene::parse("scene", &scene)?)
+        };
         let removed = self.store.invalidate(&u, scene.as_ref()).await?;
-        Ok(pb::InvalidateResponse { removed: removed as u32 })
+        Ok(pb::InvalidateResponse {
+            removed: removed as u32,
+        })
     }
 
     async fn push_event(&self, r: pb::PushEventRequest) -> Result<pb::PushEventResponse, Error> {
-        let pb::PushEventRequest { user_id, event, max_len } = r;
+        let pb::PushEventRequest {
+            user_id,
+            event,
+            max_len,
+        } = r;
         let u = user(&user_id)?;
-        let event = Event::try_from(event.ok_or_else(|| ValidationError::new("event", "is required"))?)
-            .map_err(|e| e.within("event"))?;
+        let event =
+            Event::try_from(event.ok_or_else(|| ValidationError::new("event", "is required"))?)
+                .map_err(|e| e.within("event"))?;
         let max_len = count("max_len", max_len, 50, 1, 10_000)?;
         let length = self.store.push_event(&u, event, max_len as usize).await?;
-        Ok(pb::PushEventResponse { length: length as u32 })
+        Ok(pb::PushEventResponse {
+            length: length as u32,
+        })
     }
 
-    async fn get_recent_events(&self, r: pb::GetRecentEventsRequest) -> Result<pb::GetRecentEventsResponse, Error> {
+    async fn get_recent_events(
+        &self,
+        r: pb::GetRecentEventsRequest,
+    ) -> Result<pb::GetRecentEventsResponse, Error> {
         let pb::GetRecentEventsRequest { user_id, limit } = r;
         let u = user(&user_id)?;
-        let limit = if limit == 0 { 0 } else { count("limit", limit, 0, 1, 10_000)? };
+        let limit = if limit == 0 {
+            0
+        } else {
+            count("limit", limit, 0, 1, 10_000)?
+        };
         let events = self.store.recent_events(&u, limit as usize).await?;
         Ok(pb::GetRecentEventsResponse {
             events: events.into_iter().map(Into::into).collect(),
         })
     }
 
-    async fn check_rate_limit(&self, r: pb::CheckRateLimitRequest) -> Result<pb::CheckRateLimitResponse, Error> {
-        let pb::CheckRateLimitRequest { key: k, limit, window_ms, cost } = r;
+    async fn check_rate_limit(
+        &self,
+        r: pb::CheckRateLimitRequest,
+    ) -> Result<pb::CheckRateLimitResponse, Error> {
+        let pb::CheckRateLimitRequest {
+            key: k,
+            limit,
+            window_ms,
+            cost,
+        } = r;
         let k = key("key", &k)?;
         let limit = count("limit", limit, 0, 1, 1_000_000)?;
         if window_ms == 0 {
@@ -117,21 +159,40 @@ impl CacheApi {
         })
     }
 
-    async fn record_impressions(&self, r: pb::RecordImpressionsRequest) -> Result<pb::RecordImpressionsResponse, Error> {
-        let pb::RecordImpressionsRequest { user_id, item_ids, timestamp_ms } = r;
+    async fn record_impressions(
+        &self,
+        r: pb::RecordImpressionsRequest,
+    ) -> Result<pb::RecordImpressionsResponse, Error> {
+        let pb::RecordImpressionsRequest {
+            user_id,
+            item_ids,
+            timestamp_ms,
+        } = r;
         let u = user(&user_id)?;
         check_batch("item_ids", item_ids.len())?;
         let items = each("item_ids", item_ids, |s| ItemId::parse("", s))?;
         if timestamp_ms < 0 {
             return Err(ValidationError::new("timestamp_ms", "must not be negative").into());
         }
-        let at = if timestamp_ms == 0 { reco_types::now_ms() } else { timestamp_ms };
+        let at = if timestamp_ms == 0 {
+            reco_types::now_ms()
+        } else {
+            timestamp_ms
+        };
         self.store.record_impressions(&u, &items, at).await?;
         Ok(pb::RecordImpressionsResponse {})
     }
 
-    async fn filter_capped(&self, r: pb::FilterCappedRequest) -> Result<pb::FilterCappedResponse, Error> {
-        let pb::FilterCappedRequest { user_id, item_ids, cap, window_ms } = r;
+    async fn filter_capped(
+        &self,
+        r: pb::FilterCappedRequest,
+    ) -> Result<pb::FilterCappedResponse, Error> {
+        let pb::FilterCappedRequest {
+            user_id,
+            item_ids,
+            cap,
+            window_ms,
+        } = r;
         let u = user(&user_id)?;
         check_batch("item_ids", item_ids.len())?;
         let items = each("item_ids", item_ids, |s| ItemId::parse("", s))?;
@@ -156,7 +217,11 @@ impl CacheApi {
     }
 
     async fn put_session(&self, r: pb::PutSessionRequest) -> Result<pb::PutSessionResponse, Error> {
-        let pb::PutSessionRequest { session_id, data, ttl_ms } = r;
+        let pb::PutSessionRequest {
+            session_id,
+            data,
+            ttl_ms,
+        } = r;
         let id = key("session_id", &session_id)?;
         if data.len() > MAX_SESSION_BYTES {
             return Err(ValidationError::new(
@@ -170,7 +235,10 @@ impl CacheApi {
         Ok(pb::PutSessionResponse {})
     }
 
-    async fn delete_session(&self, r: pb::DeleteSessionRequest) -> Result<pb::DeleteSessionResponse, Error> {
+    async fn delete_session(
+        &self,
+        r: pb::DeleteSessionRequest,
+    ) -> Result<pb::DeleteSessionResponse, Error> {
         let id = key("session_id", &r.session_id)?;
         Ok(pb::DeleteSessionResponse {
             deleted: self.store.delete_session(&id).await?,

@@ -2,7 +2,9 @@
 
 use std::{sync::Arc, time::Duration};
 
-use reco_graph_store::{Edge, EdgeKind, GraphStore, MAX_K, MAX_STEPS, RecallQuery, Strategy, TargetKind};
+use reco_graph_store::{
+    Edge, EdgeKind, GraphStore, MAX_K, MAX_STEPS, RecallQuery, Strategy, TargetKind,
+};
 use reco_proto::{
     conversions::each,
     graph_recall::v1::{self as pb, graph_recall_server::GraphRecall},
@@ -28,7 +30,9 @@ fn strategy(s: i32) -> Result<Strategy, ValidationError> {
         Ok(pb::Strategy::FriendsItems) => Ok(Strategy::FriendsItems),
         Ok(pb::Strategy::SharedInterests) => Ok(Strategy::SharedInterests),
         Ok(pb::Strategy::RandomWalk) => Ok(Strategy::RandomWalk),
-        Ok(pb::Strategy::Unspecified) | Err(_) => Err(ValidationError::new("", format!("{s} is not a strategy"))),
+        Ok(pb::Strategy::Unspecified) | Err(_) => {
+            Err(ValidationError::new("", format!("{s} is not a strategy")))
+        }
     }
 }
 
@@ -42,14 +46,22 @@ fn to_pb_strategy(s: Strategy) -> pb::Strategy {
 }
 
 fn edge(e: pb::Edge) -> Result<Edge, ValidationError> {
-    let pb::Edge { src, dst, kind, weight } = e;
+    let pb::Edge {
+        src,
+        dst,
+        kind,
+        weight,
+    } = e;
     let kind = match pb::EdgeKind::try_from(kind) {
         Ok(pb::EdgeKind::Follows) => EdgeKind::Follows,
         Ok(pb::EdgeKind::Engaged) => EdgeKind::Engaged,
         Ok(pb::EdgeKind::Created) => EdgeKind::Created,
         Ok(pb::EdgeKind::HasTag) => EdgeKind::HasTag,
         Ok(pb::EdgeKind::Unspecified) | Err(_) => {
-            return Err(ValidationError::new("kind", format!("{kind} is not an edge kind")));
+            return Err(ValidationError::new(
+                "kind",
+                format!("{kind} is not an edge kind"),
+            ));
         }
     };
     Edge::parse(kind, &src, &dst, weight)
@@ -109,12 +121,19 @@ impl GraphApi {
 
     async fn add_edges(&self, r: pb::AddEdgesRequest) -> Result<pb::AddEdgesResponse, Error> {
         let added = self.store.add_edges(edges(r.edges)?).await?;
-        Ok(pb::AddEdgesResponse { added: added as u32 })
+        Ok(pb::AddEdgesResponse {
+            added: added as u32,
+        })
     }
 
-    async fn remove_edges(&self, r: pb::RemoveEdgesRequest) -> Result<pb::RemoveEdgesResponse, Error> {
+    async fn remove_edges(
+        &self,
+        r: pb::RemoveEdgesRequest,
+    ) -> Result<pb::RemoveEdgesResponse, Error> {
         let removed = self.store.remove_edges(edges(r.edges)?).await?;
-        Ok(pb::RemoveEdgesResponse { removed: removed as u32 })
+        Ok(pb::RemoveEdgesResponse {
+            removed: removed as u32,
+        })
     }
 
     async fn stats(&self, _r: pb::StatsRequest) -> Result<pb::StatsResponse, Error> {

@@ -30,7 +30,11 @@ pub enum Backend {
 
 /// Flags of the graph-recall service; each also reads `RECO_*` from the environment.
 #[derive(Clone, Debug, clap::Parser)]
-#[command(name = "reco-graph-recall", about = "The reco graph-recall service", version)]
+#[command(
+    name = "reco-graph-recall",
+    about = "The reco graph-recall service",
+    version
+)]
 pub struct Config {
     #[command(flatten)]
     pub server: ServerArgs,
@@ -49,7 +53,9 @@ impl Default for Config {
 
 impl Config {
     pub fn listen_addr(&self) -> SocketAddr {
-        self.server.listen.unwrap_or(SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)))
+        self.server
+            .listen
+            .unwrap_or(SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)))
     }
 }
 

@@ -51,7 +51,11 @@ impl RankingApi {
         } = r;
         check_candidates("candidates", candidates.len())?;
         if top_n as usize > MAX_CANDIDATES {
-            return Err(ValidationError::new("top_n", format!("is {top_n}, the limit is {MAX_CANDIDATES}")).into());
+            return Err(ValidationError::new(
+                "top_n",
+                format!("is {top_n}, the limit is {MAX_CANDIDATES}"),
+            )
+            .into());
         }
         let input = RankInput {
             user_id: UserId::parse("user_id", &user_id)?,

@@ -51,7 +51,9 @@ impl Default for Config {
 
 impl Config {
     pub fn listen_addr(&self) -> SocketAddr {
-        self.server.listen.unwrap_or(SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)))
+        self.server
+            .listen
+            .unwrap_or(SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)))
     }
 }
 
@@ -65,7 +67,8 @@ pub fn open_ranker(config: &Config) -> anyhow::Result<Arc<dyn Ranker>> {
 
 /// The service over a given model, ready to serve.
 pub fn server(config: &Config, ranker: Arc<dyn Ranker>) -> GrpcServer {
-    GrpcServer::new("ranking", config.server.clone()).add_service(RankingServer::new(RankingApi::new(ranker)))
+    GrpcServer::new("ranking", config.server.clone())
+        .add_service(RankingServer::new(RankingApi::new(ranker)))
 }
 
 /// Loads the configured model and builds the server.

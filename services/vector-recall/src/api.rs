@@ -8,7 +8,9 @@ use reco_proto::{
     vector_recall::v1::{self as pb, search_request::Query, vector_recall_server::VectorRecall},
 };
 use reco_server::TracedChannel;
-use reco_types::{Embedding, ItemFilter, ItemId, Name, UserId, ValidationError, check_batch, count};
+use reco_types::{
+    Embedding, ItemFilter, ItemId, Name, UserId, ValidationError, check_batch, count,
+};
 use reco_vector_index::{IndexedItem, MAX_K, VectorIndex};
 
 use crate::Error;
@@ -23,7 +25,10 @@ pub struct VectorApi {
 }
 
 impl VectorApi {
-    pub fn new(index: Arc<dyn VectorIndex>, features: Option<FeatureServiceClient<TracedChannel>>) -> Self {
+    pub fn new(
+        index: Arc<dyn VectorIndex>,
+        features: Option<FeatureServiceClient<TracedChannel>>,
+    ) -> Self {
         Self { index, features }
     }
 
@@ -69,8 +74,14 @@ impl VectorApi {
     async fn search(&self, r: pb::SearchRequest) -> Result<pb::SearchResponse, Error> {
         let pb::SearchRequest { query, k, filter } = r;
         let k = count("k", k, 100, 1, MAX_K as u32)?;
-        let filter = filter.map(ItemFilter::try_from).transpose().map_err(|e| e.within("filter"))?.unwrap_or_default();
-        let query = query.ok_or_else(|| ValidationError::new("query", "set one of vector, user_id or item_ids"))?;
+        let filter = filter
+            .map(ItemFilter::try_from)
+            .transpose()
+            .map_err(|e| e.within("filter"))?
+            .unwrap_or_default();
+        let query = query.ok_or_else(|| {
+            ValidationError::new("query", "set one of vector, user_id or item_ids")
+        })?;
         let stats = self.index.stats().await?;
         let hits = match self.query_vector(query).await? {
             Some(q) => self.index.search(&q, k as usize, &filter).await?,
@@ -92,7 +103,11 @@ impl VectorApi {
         check_batch("items", r.items.len())?;
         let dimension = self.index.dimension();
         let items = each("items", r.items, |i| {
-            let pb::ItemVector { item_id, vector, categories } = i;
+            let pb::ItemVector {
+                item_id,
+                vector,
+                categories,
+            } = i;
             let vector = Embedding::parse("vector", vector)?;
             vector.expect_dimension("vector", dimension)?;
             Ok(IndexedItem {
@@ -102,14 +117,18 @@ impl VectorApi {
             })
         })?;
         let upserted = self.index.upsert(items).await?;
-        Ok(pb::UpsertResponse { upserted: upserted as u32 })
+        Ok(pb::UpsertResponse {
+            upserted: upserted as u32,
+        })
     }
 
     async fn delete(&self, r: pb::DeleteRequest) -> Result<pb::DeleteResponse, Error> {
         check_batch("item_ids", r.item_ids.len())?;
         let ids = each("item_ids", r.item_ids, |s| ItemId::parse("", s))?;
         let deleted = self.index.delete(&ids).await?;
-        Ok(pb::DeleteResponse { deleted: deleted as u32 })
+        Ok(pb::DeleteResponse {
+            deleted: deleted as u32,
+        })
     }
 
     async fn stats(&self, _r: pb::StatsRequest) -> Result<pb::StatsResponse, Error> {

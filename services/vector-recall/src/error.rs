@@ -23,11 +23,16 @@ impl From<Error> for tonic::Status {
         match e {
             Error::Invalid(v) => reco_server::invalid_argument(v),
             Error::Index(i) => match i {
-                VectorIndexError::Dimension { .. } => tonic::Status::invalid_argument(i.to_string()),
+                VectorIndexError::Dimension { .. } => {
+                    tonic::Status::invalid_argument(i.to_string())
+                }
                 VectorIndexError::Backend(_) => tonic::Status::unavailable(i.to_string()),
             },
             Error::NoFeatureService => tonic::Status::failed_precondition(e.to_string()),
-            Error::Features(s) => tonic::Status::unavailable(format!("reading the user's embedding failed: {}", s.message())),
+            Error::Features(s) => tonic::Status::unavailable(format!(
+                "reading the user's embedding failed: {}",
+                s.message()
+            )),
         }
     }
 }

@@ -11,7 +11,10 @@ mod error;
 
 use std::{net::SocketAddr, sync::Arc};
 
-use reco_proto::{feature::v1::feature_service_client::FeatureServiceClient, vector_recall::v1::vector_recall_server::VectorRecallServer};
+use reco_proto::{
+    feature::v1::feature_service_client::FeatureServiceClient,
+    vector_recall::v1::vector_recall_server::VectorRecallServer,
+};
 use reco_server::{GrpcServer, ServerArgs};
 use reco_telemetry::TelemetryArgs;
 use reco_vector_index::{ExactIndex, Metric, VectorIndex};
@@ -31,7 +34,11 @@ pub enum Backend {
 
 /// Flags of the vector-recall service; each also reads `RECO_*` from the environment.
 #[derive(Clone, Debug, clap::Parser)]
-#[command(name = "reco-vector-recall", about = "The reco vector-recall service", version)]
+#[command(
+    name = "reco-vector-recall",
+    about = "The reco vector-recall service",
+    version
+)]
 pub struct Config {
     #[command(flatten)]
     pub server: ServerArgs,
@@ -59,7 +66,9 @@ impl Default for Config {
 
 impl Config {
     pub fn listen_addr(&self) -> SocketAddr {
-        self.server.listen.unwrap_or(SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)))
+        self.server
+            .listen
+            .unwrap_or(SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)))
     }
 }
 

@@ -1,0 +1,156 @@
+//! The gRPC edge: validates Recommend into a pipeline query and turns the answer into the response.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use reco_proto::gateway::v1::{self as pb, gateway_server::Gateway};
+use reco_types::{FeatureVersion, Scene, UserId, ValidationError};
+use tonic::{Request, Response, Status};
+
+use crate::{
+    Error,
+    budget::parse_grpc_timeout,
+    merge::DropReason,
+    pipeline::{Pipeline, Query},
+};
+
+/// Most items one call may ask for.
+pub const MAX_COUNT: u32 = 100;
+/// Items returned when the call does not say.
+pub const DEFAULT_COUNT: u32 = 10;
+/// Most context entries, and their sizes.
+const MAX_CONTEXT: usize = 64;
+const MAX_CONTEXT_VALUE: usize = 1024;
+
+/// The Gateway implementation.
+pub struct GatewayApi {
+    pipeline: Arc<Pipeline>,
+}
+
+impl GatewayApi {
+    pub fn new(pipeline: Arc<Pipeline>) -> Self {
+        Self { pipeline }
+    }
+}
+
+fn query(
+    r: pb::RecommendRequest,
+    caller_timeout: Option<std::time::Duration>,
+) -> Result<Query, ValidationError> {
+    let pb::RecommendRequest {
+        user_id,
+        count: n,
+        scene,
+        context,
+        explain,
+        bypass_cache,
+        include_graph,
+        feature_version,
+    } = r;
+    if context.len() > MAX_CONTEXT {
+        return Err(ValidationError::new(
+            "context",
+            format!("has {} entries, the limit is {MAX_CONTEXT}", context.len()),
+        ));
+    }
+    let mut ctx = BTreeMap::new();
+    for (k, v) in context {
+        reco_types::Name::parse("context", &k)
+            .map_err(|e| ValidationError::new(format!("context[{k:.32}]"), e.reason))?;
+        if v.len() > MAX_CONTEXT_VALUE {
+            return Err(ValidationError::new(
+                format!("context[{k}]"),
+                format!(
+                    "is {} bytes long, the limit is {MAX_CONTEXT_VALUE}",
+                    v.len()
+                ),
+            ));
+        }
+        ctx.insert(k, v);
+    }
+    Ok(Query {
+        user_id: UserId::parse("user_id", &user_id)?,
+        count: match n {
+            None => DEFAULT_COUNT as usize,
+            Some(n) if (1..=MAX_COUNT).contains(&n) => n as usize,
+            Some(n) => {
+                return Err(ValidationError::new(
+                    "count",
+                    format!("must be between 1 and {MAX_COUNT}, got {n}"),
+                ));
+            }
+        },
+        scene: Scene::parse("scene", &scene)?,
+        context: ctx,
+        explain,
+        bypass_cache,
+        include_graph,
+        feature_version: if feature_version.is_empty() {
+            None
+        } else {
+            Some(FeatureVersion::parse("feature_version", &feature_version)?)
+        },
+        caller_timeout,
+    })
+}
+
+fn drop_reason(r: Option<DropReason>) -> pb::DropReason {
+    match r {
+        None => pb::DropReason::Unspecified,
+        Some(DropReason::Seen) => pb::DropReason::Seen,
+        Some(DropReason::FrequencyCap) => pb::DropReason::FrequencyCap,
+        Some(DropReason::Blocked) => pb::DropReason::Blocked,
+        Some(DropReason::Quota) => pb::DropReason::Quota,
+        Some(DropReason::Diversity) => pb::DropReason::Diversity,
+        Some(DropReason::BelowCut) => pb::DropReason::BelowCut,
+        Some(DropReason::NoFeatures) => pb::DropReason::NoFeatures,
+    }
+}
+
+#[tonic::async_trait]
+impl Gateway for GatewayApi {
+    async fn recommend(
+        &self,
+        request: Request<pb::RecommendRequest>,
+    ) -> Result<Response<pb::RecommendResponse>, Status> {
+        let caller_timeout = request
+            .metadata()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_grpc_timeout);
+        let q = query(request.into_inner(), caller_timeout).map_err(Error::from)?;
+        let request_id = uuid::Uuid::new_v4().to_string();
+        tracing::Span::current().record("request_id", request_id.as_str());
+        let a = self.pipeline.recommend(q).await.map_err(Error::from)?;
+        Ok(Response::new(pb::RecommendResponse {
+            items: a
+                .items
+                .into_iter()
+                .map(|i| pb::RecommendedItem {
+                    item_id: i.item_id.into(),
+                    score: i.score,
+                    sources: i.sources.into_iter().map(Into::into).collect(),
+                })
+                .collect(),
+            stages: a.stages.into_iter().map(Into::into).collect(),
+            degraded: a.degraded,
+            from_cache: a.from_cache,
+            request_id,
+            explanations: a
+                .explanations
+                .into_iter()
+                .map(|e| pb::Explanation {
+                    item_id: e.item_id.into(),
+                    sources: e.sources.into_iter().map(Into::into).collect(),
+                    features: e.features.into_iter().collect(),
+                    score: e.score,
+                    position: e.position,
+                    dropped: drop_reason(e.dropped) as i32,
+                    detail: e.detail,
+                    categories: e.categories.into_iter().map(Into::into).collect(),
+                })
+                .collect(),
+            cold_start: a.cold_start,
+            model_version: a.model_version,
+        }))
+    }
+}

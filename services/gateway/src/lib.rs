@@ -1,0 +1,227 @@
+//! The gateway: one Recommend call fans out to every other service under budgets carved from the request's
+//! deadline, and answers with the top items and a report per stage, even when backends are slow or down.
+//!
+//! ```text
+//!   caller ──Recommend──▶ GatewayApi ──▶ Pipeline ──▶ feature, cache, vector-recall, graph-recall, ranking
+//!                              ◀── items + stage reports (ok / timeout / error / skipped / cached) + degraded
+//! ```
+
+mod api;
+pub mod budget;
+mod error;
+pub mod merge;
+pub mod pipeline;
+pub mod recall;
+mod stage;
+
+use std::{collections::HashSet, net::SocketAddr, sync::Arc, time::Duration};
+
+use reco_proto::{
+    cache::v1::cache_service_client::CacheServiceClient,
+    feature::v1::feature_service_client::FeatureServiceClient,
+    gateway::v1::gateway_server::GatewayServer,
+    graph_recall::v1::graph_recall_client::GraphRecallClient,
+    ranking::v1::ranking_client::RankingClient,
+    vector_recall::v1::vector_recall_client::VectorRecallClient,
+};
+use reco_server::{GrpcServer, ServerArgs, channel};
+use reco_telemetry::TelemetryArgs;
+use reco_types::ItemId;
+
+pub use api::GatewayApi;
+pub use error::Error;
+pub use pipeline::{Clients, Pipeline, PipelineConfig};
+use recall::{CfSource, GraphSource, PopularSource, RecallSource, VectorSource};
+
+/// Where the gateway listens unless told otherwise.
+pub const DEFAULT_PORT: u16 = 50051;
+
+/// Flags of the gateway; each also reads `RECO_*` from the environment.
+#[derive(Clone, Debug, clap::Parser)]
+#[command(name = "reco-gateway", about = "The reco gateway", version)]
+pub struct Config {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+    /// The feature service.
+    #[arg(long, env = "RECO_FEATURE_ADDR", default_value = "127.0.0.1:50052")]
+    pub feature_addr: String,
+    /// The cache service.
+    #[arg(long, env = "RECO_CACHE_ADDR", default_value = "127.0.0.1:50053")]
+    pub cache_addr: String,
+    /// The vector-recall service.
+    #[arg(long, env = "RECO_VECTOR_ADDR", default_value = "127.0.0.1:50054")]
+    pub vector_addr: String,
+    /// The graph-recall service.
+    #[arg(long, env = "RECO_GRAPH_ADDR", default_value = "127.0.0.1:50055")]
+    pub graph_addr: String,
+    /// The ranking service.
+    #[arg(long, env = "RECO_RANKING_ADDR", default_value = "127.0.0.1:50056")]
+    pub ranking_addr: String,
+
+    /// Whole-request budget in ms; a caller's smaller grpc-timeout shrinks it.
+    #[arg(long, env = "RECO_BUDGET_TOTAL_MS", default_value_t = 200)]
+    pub budget_total_ms: u64,
+    /// Feature reads (user context, item hydration, popular items), ms.
+    #[arg(long, env = "RECO_BUDGET_FEATURES_MS", default_value_t = 10)]
+    pub budget_features_ms: u64,
+    /// Cache calls (admission, result cache, recent clicks, frequency caps), ms.
+    #[arg(long, env = "RECO_BUDGET_CACHE_MS", default_value_t = 2)]
+    pub budget_cache_ms: u64,
+    /// Vector k-NN recall, ms.
+    #[arg(long, env = "RECO_BUDGET_VECTOR_MS", default_value_t = 20)]
+    pub budget_vector_ms: u64,
+    /// Graph recall, ms.
+    #[arg(long, env = "RECO_BUDGET_GRAPH_MS", default_value_t = 50)]
+    pub budget_graph_ms: u64,
+    /// Ranking, ms.
+    #[arg(long, env = "RECO_BUDGET_RANKING_MS", default_value_t = 30)]
+    pub budget_ranking_ms: u64,
+
+    /// Candidates taken from the user's CF pool.
+    #[arg(long, env = "RECO_RECALL_CF_K", default_value_t = 200)]
+    pub cf_k: u32,
+    /// Candidates asked of vector recall.
+    #[arg(long, env = "RECO_RECALL_VECTOR_K", default_value_t = 100)]
+    pub vector_k: u32,
+    /// Candidates asked of graph recall.
+    #[arg(long, env = "RECO_RECALL_GRAPH_K", default_value_t = 100)]
+    pub graph_k: u32,
+    /// Popular items fetched as the fallback.
+    #[arg(long, env = "RECO_RECALL_POPULAR_K", default_value_t = 100)]
+    pub popular_k: u32,
+    /// Scenes that run graph recall without the request asking (comma-separated).
+    #[arg(long, env = "RECO_GRAPH_SCENES", value_delimiter = ',')]
+    pub graph_scenes: Vec<String>,
+    /// Most candidates passed from merge to ranking.
+    #[arg(long, env = "RECO_MAX_CANDIDATES", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub max_candidates: u32,
+    /// Largest share of the merged list the popular fallback may fill when other sources found items.
+    #[arg(long, env = "RECO_POPULAR_SHARE", default_value_t = 0.2)]
+    pub popular_share: f32,
+    /// Most items of one category in the answer (0 = no cap).
+    #[arg(long, env = "RECO_PER_CATEGORY", default_value_t = 3)]
+    pub per_category: u32,
+    /// Items never served (comma-separated ids).
+    #[arg(long, env = "RECO_BLOCKLIST", value_delimiter = ',')]
+    pub blocklist: Vec<String>,
+    /// Recommend calls allowed per user per rate window (0 = no rate limit).
+    #[arg(long, env = "RECO_RATE_LIMIT", default_value_t = 100)]
+    pub rate_limit: u32,
+    /// Rate window, ms.
+    #[arg(long, env = "RECO_RATE_WINDOW_MS", default_value_t = 1000)]
+    pub rate_window_ms: u64,
+    /// Refuse requests (UNAVAILABLE) when the rate limiter cannot be asked, instead of serving them.
+    #[arg(long, env = "RECO_RATE_LIMIT_FAIL_CLOSED")]
+    pub rate_limit_fail_closed: bool,
+    /// Impressions of an item within the frequency window that stop it being served (0 = off).
+    #[arg(long, env = "RECO_FREQUENCY_CAP", default_value_t = 0)]
+    pub frequency_cap: u32,
+    /// Frequency window, ms.
+    #[arg(long, env = "RECO_FREQUENCY_WINDOW_MS", default_value_t = 24 * 3600 * 1000)]
+    pub frequency_window_ms: u64,
+    /// Result-cache TTL, ms.
+    #[arg(long, env = "RECO_RESULT_TTL_MS", default_value_t = 300_000)]
+    pub result_ttl_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        <Self as clap::Parser>::parse_from(["reco-gateway"])
+    }
+}
+
+impl Config {
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.server
+            .listen
+            .unwrap_or(SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)))
+    }
+
+    /// The pipeline's settings; fails on a value that cannot work (a bad blocklist id, a share outside 0..=1).
+    pub fn pipeline(&self) -> anyhow::Result<PipelineConfig> {
+        let ms = Duration::from_millis;
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&self.popular_share),
+            "--popular-share must be between 0 and 1, got {}",
+            self.popular_share
+        );
+        anyhow::ensure!(
+            self.budget_total_ms > 0,
+            "--budget-total-ms must be at least 1"
+        );
+        let blocklist = self
+            .blocklist
+            .iter()
+            .filter(|s| !s.is_empty())
+            .map(|s| ItemId::parse("--blocklist", s))
+            .collect::<Result<HashSet<_>, _>>()?;
+        Ok(PipelineConfig {
+            total: ms(self.budget_total_ms),
+            features_budget: ms(self.budget_features_ms),
+            cache_budget: ms(self.budget_cache_ms),
+            ranking_budget: ms(self.budget_ranking_ms),
+            max_candidates: self.max_candidates as usize,
+            popular_share: self.popular_share,
+            per_category: self.per_category as usize,
+            blocklist,
+            rate_limit: (self.rate_limit > 0)
+                .then(|| (self.rate_limit, ms(self.rate_window_ms.max(1)))),
+            rate_limit_fail_open: !self.rate_limit_fail_closed,
+            frequency_cap: (self.frequency_cap > 0)
+                .then(|| (self.frequency_cap, ms(self.frequency_window_ms.max(1)))),
+            result_ttl: ms(self.result_ttl_ms),
+            graph_scenes: self
+                .graph_scenes
+                .iter()
+                .filter(|s| !s.is_empty())
+                .cloned()
+                .collect(),
+        })
+    }
+}
+
+/// Connects (lazily) to every downstream and builds the pipeline.
+pub fn pipeline(config: &Config) -> anyhow::Result<Pipeline> {
+    let ms = Duration::from_millis;
+    let feature = FeatureServiceClient::new(channel(&config.feature_addr)?);
+    let clients = Clients {
+        feature: feature.clone(),
+        cache: CacheServiceClient::new(channel(&config.cache_addr)?),
+        ranking: RankingClient::new(channel(&config.ranking_addr)?),
+    };
+    let sources: Vec<Box<dyn RecallSource>> = vec![
+        Box::new(CfSource::new(config.cf_k as usize)),
+        Box::new(VectorSource {
+            name: reco_types::Name::parse("source", "vector")?,
+            client: VectorRecallClient::new(channel(&config.vector_addr)?),
+            k: config.vector_k,
+            budget: ms(config.budget_vector_ms),
+        }),
+        Box::new(GraphSource {
+            name: reco_types::Name::parse("source", "graph")?,
+            client: GraphRecallClient::new(channel(&config.graph_addr)?),
+            k: config.graph_k,
+            budget: ms(config.budget_graph_ms),
+        }),
+        Box::new(PopularSource {
+            name: reco_types::Name::parse("source", "popular")?,
+            client: feature,
+            k: config.popular_k,
+            budget: ms(config.budget_features_ms),
+        }),
+    ];
+    Ok(Pipeline::new(config.pipeline()?, clients, sources))
+}
+
+/// The gateway over a pipeline, ready to serve.
+pub fn server(config: &Config, pipeline: Pipeline) -> GrpcServer {
+    GrpcServer::new("gateway", config.server.clone())
+        .add_service(GatewayServer::new(GatewayApi::new(Arc::new(pipeline))))
+}
+
+/// Builds the pipeline and the server.
+pub fn build(config: &Config) -> anyhow::Result<GrpcServer> {
+    Ok(server(config, pipeline(config)?))
+}

@@ -1,0 +1,13 @@
+use clap::Parser;
+use reco_gateway::Config;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    let _telemetry = reco_telemetry::init("reco-gateway", &config.telemetry)?;
+    let listener = tokio::net::TcpListener::bind(config.listen_addr()).await?;
+    reco_gateway::build(&config)?
+        .serve(listener, reco_server::shutdown_signal())
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,322 @@
+//! Merging recall lists and re-ranking: pure functions over candidates, so they are tested without any server.
+//!
+//! ```text
+//!   cf ─┐
+//!   vector ─┼─▶ dedup (provenance kept) ─▶ drop seen / blocked ─▶ fuse (RRF) ─▶ quotas ─▶ cut to max
+//!   graph ─┤
+//!   popular ┘
+//! ```
+
+use std::collections::{HashMap, HashSet};
+
+use reco_types::{Candidate, ItemId, Name, SourceHit};
+
+/// Reciprocal-rank-fusion constant: a hit at rank r adds 1 / (RRF_K + r + 1).
+const RRF_K: f32 = 60.0;
+
+/// Why a candidate left the list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    Seen,
+    FrequencyCap,
+    Blocked,
+    Quota,
+    Diversity,
+    BelowCut,
+    NoFeatures,
+}
+
+/// A candidate after merging: every source that found it, and its fused recall score.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Merged {
+    pub item_id: ItemId,
+    pub sources: Vec<SourceHit>,
+    pub fused: f32,
+}
+
+/// A candidate that was dropped, and why.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Dropped {
+    pub item_id: ItemId,
+    pub sources: Vec<SourceHit>,
+    pub reason: DropReason,
+    pub detail: String,
+}
+
+/// How merging is shaped.
+#[derive(Clone, Debug)]
+pub struct MergePolicy {
+    /// Most candidates passed on to hydration and ranking.
+    pub max_candidates: usize,
+    /// Largest share of the merged list a source may fill, by source name; absent sources are unlimited.
+    pub max_share: HashMap<String, f32>,
+}
+
+/// Dedups the sources' lists (keeping every source that found an item), drops seen and blocked items, orders by
+/// reciprocal-rank fusion, applies per-source quotas and cuts to `max_candidates`.
+pub fn merge(
+    lists: Vec<Vec<Candidate>>,
+    seen: &HashSet<ItemId>,
+    blocked: &HashSet<ItemId>,
+    policy: &MergePolicy,
+    dropped: &mut Vec<Dropped>,
+) -> Vec<Merged> {
+    let mut by_id: HashMap<ItemId, Merged> = HashMap::new();
+    let mut order: Vec<ItemId> = Vec::new();
+    for list in lists {
+        for c in list {
+            match by_id.get_mut(&c.item_id) {
+                Some(m) => m.sources.extend(c.sources),
+                None => {
+                    order.push(c.item_id.clone());
+                    by_id.insert(
+                        c.item_id.clone(),
+                        Merged {
+                            item_id: c.item_id,
+                            sources: c.sources,
+                            fused: 0.0,
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    let mut kept = Vec::with_capacity(order.len());
+    for id in order {
+        let mut m = by_id.remove(&id).expect("every ordered id was inserted");
+        let reason = if blocked.contains(&m.item_id) {
+            Some((DropReason::Blocked, "on the blocklist"))
+        } else if seen.contains(&m.item_id) {
+            Some((DropReason::Seen, "in the user's recent events"))
+        } else {
+            None
+        };
+        if let Some((reason, detail)) = reason {
+            dropped.push(Dropped {
+                item_id: m.item_id,
+                sources: m.sources,
+                reason,
+                detail: detail.into(),
+            });
+            continue;
+        }
+        m.fused = m
+            .sources
+            .iter()
+            .map(|s| 1.0 / (RRF_K + s.rank as f32 + 1.0))
+            .sum();
+        m.sources.sort_by_key(|s| s.rank);
+        kept.push(m);
+    }
+    kept.sort_by(|a, b| {
+        b.fused
+            .total_cmp(&a.fused)
+            .then_with(|| a.item_id.cmp(&b.item_id))
+    });
+
+    // Quotas: an item counts against the source that ranked it best.
+    let mut used: HashMap<String, usize> = HashMap::new();
+    let mut out = Vec::with_capacity(policy.max_candidates.min(kept.len()));
+    for m in kept {
+        if out.len() >= policy.max_candidates {
+            dropped.push(Dropped {
+                detail: format!(
+                    "beyond the {} candidates passed to ranking",
+                    policy.max_candidates
+                ),
+                item_id: m.item_id,
+                sources: m.sources,
+                reason: DropReason::Quota,
+            });
+            continue;
+        }
+        let primary = m
+            .sources
+            .first()
+            .map(|s| s.source.as_str().to_string())
+            .unwrap_or_default();
+        if let Some(share) = policy.max_share.get(&primary) {
+            let cap = ((policy.max_candidates as f32) * share).ceil() as usize;
+            let n = used.entry(primary.clone()).or_default();
+            if *n >= cap {
+                dropped.push(Dropped {
+                    detail: format!("source {primary} already filled its quota of {cap}"),
+                    item_id: m.item_id,
+                    sources: m.sources,
+                    reason: DropReason::Quota,
+                });
+                continue;
+            }
+            *n += 1;
+        }
+        out.push(m);
+    }
+    out
+}
+
+/// An item ready for the final cut: its score and primary category.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ranked {
+    pub item_id: ItemId,
+    pub score: f32,
+    pub category: Option<Name>,
+}
+
+/// Takes the top `n` of a best-first list with at most `per_category` items of any one category (0 = no cap).
+/// Items passed over for diversity fill the list only when there are not enough others.
+pub fn diversify(
+    ranked: Vec<Ranked>,
+    n: usize,
+    per_category: usize,
+    dropped: &mut Vec<(ItemId, DropReason, String)>,
+) -> Vec<Ranked> {
+    let mut out = Vec::with_capacity(n);
+    let mut backlog = Vec::new();
+    let mut counts: HashMap<Option<Name>, usize> = HashMap::new();
+    let mut rest = Vec::new();
+    for r in ranked {
+        if out.len() >= n {
+            rest.push(r);
+            continue;
+        }
+        let c = counts.entry(r.category.clone()).or_default();
+        if per_category > 0 && r.category.is_some() && *c >= per_category {
+            backlog.push(r);
+        } else {
+            *c += 1;
+            out.push(r);
+        }
+    }
+    let fill = n.saturating_sub(out.len());
+    let mut backlog = backlog.into_iter();
+    out.extend(backlog.by_ref().take(fill));
+    for r in backlog {
+        let detail = format!(
+            "already {per_category} items of category {} in the top {n}",
+            r.category.as_ref().map(Name::as_str).unwrap_or("-")
+        );
+        dropped.push((r.item_id, DropReason::Diversity, detail));
+    }
+    for r in rest {
+        dropped.push((
+            r.item_id,
+            DropReason::BelowCut,
+            format!("ranked below the top {n}"),
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(s: &str) -> ItemId {
+        ItemId::parse("i", s).unwrap()
+    }
+
+    fn list(source: &str, ids: &[&str]) -> Vec<Candidate> {
+        let src = Name::parse("s", source).unwrap();
+        ids.iter()
+            .enumerate()
+            .map(|(r, i)| Candidate::from_source(id(i), &src, r as u32, 1.0 / (r as f32 + 1.0)))
+            .collect()
+    }
+
+    fn policy(max: usize, shares: &[(&str, f32)]) -> MergePolicy {
+        MergePolicy {
+            max_candidates: max,
+            max_share: shares.iter().map(|(s, f)| (s.to_string(), *f)).collect(),
+        }
+    }
+
+    #[test]
+    fn dedup_keeps_every_source_and_fuses_ranks() {
+        let mut dropped = Vec::new();
+        let out = merge(
+            vec![list("cf", &["a", "b", "c"]), list("vector", &["c", "d"])],
+            &HashSet::new(),
+            &HashSet::new(),
+            &policy(10, &[]),
+            &mut dropped,
+        );
+        let ids: Vec<_> = out.iter().map(|m| m.item_id.as_str()).collect();
+        assert_eq!(ids[0], "c", "found by two sources, it fuses highest");
+        assert_eq!(out.len(), 4);
+        let c = &out[0];
+        let sources: Vec<_> = c
+            .sources
+            .iter()
+            .map(|s| (s.source.as_str(), s.rank))
+            .collect();
+        assert_eq!(sources, [("vector", 0), ("cf", 2)]);
+        assert!(dropped.is_empty());
+    }
+
+    #[test]
+    fn seen_blocked_and_quota_are_dropped_with_reasons() {
+        let mut dropped = Vec::new();
+        let seen = HashSet::from([id("a")]);
+        let blocked = HashSet::from([id("b")]);
+        let out = merge(
+            vec![
+                list("cf", &["a", "b", "c", "d"]),
+                list("popular", &["p1", "p2", "p3", "p4"]),
+            ],
+            &seen,
+            &blocked,
+            &policy(4, &[("popular", 0.25)]),
+            &mut dropped,
+        );
+        let ids: Vec<_> = out.iter().map(|m| m.item_id.as_str()).collect();
+        assert_eq!(
+            ids,
+            ["p1", "c", "d"],
+            "one popular item (25% of 4), then cf's survivors"
+        );
+        let reasons: Vec<_> = dropped
+            .iter()
+            .map(|d| (d.item_id.as_str(), d.reason))
+            .collect();
+        assert!(reasons.contains(&("a", DropReason::Seen)));
+        assert!(reasons.contains(&("b", DropReason::Blocked)));
+        assert!(reasons.contains(&("p2", DropReason::Quota)));
+    }
+
+    #[test]
+    fn diversity_caps_a_category_but_fills_when_short() {
+        let cat = |s: &str| Some(Name::parse("c", s).unwrap());
+        let ranked: Vec<Ranked> = [("a", "x"), ("b", "x"), ("c", "x"), ("d", "y"), ("e", "x")]
+            .iter()
+            .enumerate()
+            .map(|(i, (item, c))| Ranked {
+                item_id: id(item),
+                score: 10.0 - i as f32,
+                category: cat(c),
+            })
+            .collect();
+        let mut dropped = Vec::new();
+        let top = diversify(ranked.clone(), 3, 2, &mut dropped);
+        let ids: Vec<_> = top.iter().map(|r| r.item_id.as_str()).collect();
+        assert_eq!(ids, ["a", "b", "d"]);
+        assert!(
+            dropped
+                .iter()
+                .any(|(i, r, _)| i.as_str() == "c" && *r == DropReason::Diversity)
+        );
+        assert!(
+            dropped
+                .iter()
+                .any(|(i, r, _)| i.as_str() == "e" && *r == DropReason::BelowCut)
+        );
+
+        let mut dropped = Vec::new();
+        let top = diversify(ranked, 5, 1, &mut dropped);
+        assert_eq!(
+            top.len(),
+            5,
+            "too few other categories: capped items fill the list"
+        );
+    }
+}

@@ -1,0 +1,78 @@
+//! Running one stage under its budget: the instrumentation every stage shares.
+//!
+//! A stage is a future. [`run`] gives it its carved budget, cancels it when the budget runs out (dropping the
+//! future drops its in-flight RPC; nothing waits for it), and writes the stage's report and span.
+
+use std::{
+    future::Future,
+    time::{Duration, Instant},
+};
+
+use reco_types::{StageReport, StageStatus};
+use tracing::Instrument;
+
+/// The outcome of one stage: its value when it finished in time, and its report.
+pub struct Outcome<T> {
+    pub value: Option<T>,
+    pub report: StageReport,
+}
+
+/// Runs `fut` as stage `name` with `budget`. A zero budget skips the stage: there is no time left for it.
+pub async fn run<T, F>(name: &str, budget: Duration, fut: F) -> Outcome<T>
+where
+    F: Future<Output = Result<T, tonic::Status>>,
+{
+    let mut report = StageReport {
+        stage: name.to_string(),
+        status: StageStatus::Ok,
+        budget,
+        elapsed: Duration::ZERO,
+        candidates_in: 0,
+        candidates_out: 0,
+        detail: String::new(),
+    };
+    if budget.is_zero() {
+        report.status = StageStatus::Skipped;
+        report.detail = "no time left before the deadline".into();
+        return Outcome {
+            value: None,
+            report,
+        };
+    }
+    let span = tracing::info_span!(
+        "stage",
+        stage = name,
+        budget_us = budget.as_micros() as u64,
+        status = tracing::field::Empty
+    );
+    let started = Instant::now();
+    let result = tokio::time::timeout(budget, fut)
+        .instrument(span.clone())
+        .await;
+    report.elapsed = started.elapsed();
+    let value = match result {
+        Ok(Ok(v)) => Some(v),
+        Ok(Err(status)) => {
+            report.status = StageStatus::Error;
+            report.detail = format!("{:?}: {}", status.code(), status.message());
+            None
+        }
+        Err(_) => {
+            report.status = StageStatus::Timeout;
+            report.detail = format!("cancelled after its budget of {} us", budget.as_micros());
+            None
+        }
+    };
+    span.record("status", report.status.as_str());
+    if report.status.is_degraded() {
+        tracing::warn!(stage = name, status = report.status.as_str(), detail = %report.detail, "stage cut off");
+    }
+    Outcome { value, report }
+}
+
+/// A tonic request that tells the downstream how long it has (`grpc-timeout`), so it can give up too.
+pub fn request<T>(message: T, budget: Duration) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(message);
+    r.set_timeout(budget);
+    r
+}
