@@ -51,3 +51,28 @@ pub fn channel(addr: &str) -> Result<TracedChannel, tonic::transport::Error> {
         TraceInterceptor,
     ))
 }
+
+/// Waits until the server at `addr` reports SERVING on `grpc.health.v1.Health/Check`, or `timeout` passes.
+pub async fn wait_serving(addr: &str, timeout: Duration) -> Result<(), String> {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last = String::from("no answer yet");
+    let channel = channel(addr).map_err(|e| e.to_string())?;
+    let mut client = HealthClient::new(channel);
+    while tokio::time::Instant::now() < deadline {
+        match client
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+        {
+            Ok(r) if r.get_ref().status == ServingStatus::Serving as i32 => return Ok(()),
+            Ok(r) => last = format!("status {:?}", ServingStatus::try_from(r.get_ref().status)),
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Err(format!("{addr} not SERVING after {timeout:?}: {last}"))
+}

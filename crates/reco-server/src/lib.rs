@@ -9,7 +9,7 @@
 mod client;
 mod server;
 
-pub use client::{TraceInterceptor, TracedChannel, channel};
+pub use client::{TraceInterceptor, TracedChannel, channel, wait_serving};
 pub use server::{GrpcServer, ServerArgs, ServerError, shutdown_signal};
 
 use reco_types::ValidationError;

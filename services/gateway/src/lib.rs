@@ -24,7 +24,7 @@ use reco_proto::{
     ranking::v1::ranking_client::RankingClient,
     vector_recall::v1::vector_recall_client::VectorRecallClient,
 };
-use reco_server::{GrpcServer, ServerArgs, channel};
+use reco_server::{GrpcServer, ServerArgs, TracedChannel, channel};
 use reco_telemetry::TelemetryArgs;
 use reco_types::ItemId;
 
@@ -182,26 +182,80 @@ impl Config {
     }
 }
 
-/// Connects (lazily) to every downstream and builds the pipeline.
-pub fn pipeline(config: &Config) -> anyhow::Result<Pipeline> {
+/// One channel per downstream service, shared by every client of it (HTTP/2 multiplexes the calls).
+#[derive(Clone)]
+pub struct Downstreams {
+    pub feature: TracedChannel,
+    pub cache: TracedChannel,
+    pub vector: TracedChannel,
+    pub graph: TracedChannel,
+    pub ranking: TracedChannel,
+}
+
+impl Downstreams {
+    /// Lazily connected channels to the configured addresses.
+    pub fn connect(config: &Config) -> anyhow::Result<Self> {
+        Ok(Self {
+            feature: channel(&config.feature_addr)?,
+            cache: channel(&config.cache_addr)?,
+            vector: channel(&config.vector_addr)?,
+            graph: channel(&config.graph_addr)?,
+            ranking: channel(&config.ranking_addr)?,
+        })
+    }
+
+    /// Every downstream the request path needs answers SERVING. Graph recall is on demand, so it is not
+    /// required. Probing also opens the connections, so the first request does not pay for the handshakes.
+    pub async fn ready(&self) -> Result<(), String> {
+        use tonic_health::pb::{
+            HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+        };
+        for (name, ch) in [
+            ("feature", &self.feature),
+            ("cache", &self.cache),
+            ("vector-recall", &self.vector),
+            ("ranking", &self.ranking),
+        ] {
+            let mut client = HealthClient::new(ch.clone());
+            let mut request = tonic::Request::new(HealthCheckRequest {
+                service: String::new(),
+            });
+            request.set_timeout(Duration::from_secs(1));
+            match client.check(request).await {
+                Ok(r) if r.get_ref().status == ServingStatus::Serving as i32 => {}
+                Ok(r) => {
+                    return Err(format!(
+                        "{name} is not serving (status {})",
+                        r.get_ref().status
+                    ));
+                }
+                Err(e) => return Err(format!("{name}: {}", e.message())),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Builds the pipeline over the downstream channels.
+pub fn pipeline(config: &Config, d: &Downstreams) -> anyhow::Result<Pipeline> {
     let ms = Duration::from_millis;
-    let feature = FeatureServiceClient::new(channel(&config.feature_addr)?);
+    let feature = FeatureServiceClient::new(d.feature.clone());
     let clients = Clients {
         feature: feature.clone(),
-        cache: CacheServiceClient::new(channel(&config.cache_addr)?),
-        ranking: RankingClient::new(channel(&config.ranking_addr)?),
+        cache: CacheServiceClient::new(d.cache.clone()),
+        ranking: RankingClient::new(d.ranking.clone()),
     };
     let sources: Vec<Box<dyn RecallSource>> = vec![
         Box::new(CfSource::new(config.cf_k as usize)),
         Box::new(VectorSource {
             name: reco_types::Name::parse("source", "vector")?,
-            client: VectorRecallClient::new(channel(&config.vector_addr)?),
+            client: VectorRecallClient::new(d.vector.clone()),
             k: config.vector_k,
             budget: ms(config.budget_vector_ms),
         }),
         Box::new(GraphSource {
             name: reco_types::Name::parse("source", "graph")?,
-            client: GraphRecallClient::new(channel(&config.graph_addr)?),
+            client: GraphRecallClient::new(d.graph.clone()),
             k: config.graph_k,
             budget: ms(config.budget_graph_ms),
         }),
@@ -215,13 +269,18 @@ pub fn pipeline(config: &Config) -> anyhow::Result<Pipeline> {
     Ok(Pipeline::new(config.pipeline()?, clients, sources))
 }
 
-/// The gateway over a pipeline, ready to serve.
-pub fn server(config: &Config, pipeline: Pipeline) -> GrpcServer {
+/// The gateway over a pipeline, ready to serve once its downstreams are.
+pub fn server(config: &Config, pipeline: Pipeline, downstreams: Downstreams) -> GrpcServer {
     GrpcServer::new("gateway", config.server.clone())
         .add_service(GatewayServer::new(GatewayApi::new(Arc::new(pipeline))))
+        .readiness(move || {
+            let d = downstreams.clone();
+            async move { d.ready().await }
+        })
 }
 
-/// Builds the pipeline and the server.
+/// Connects to the downstreams, builds the pipeline and the server.
 pub fn build(config: &Config) -> anyhow::Result<GrpcServer> {
-    Ok(server(config, pipeline(config)?))
+    let downstreams = Downstreams::connect(config)?;
+    Ok(server(config, pipeline(config, &downstreams)?, downstreams))
 }

@@ -258,6 +258,7 @@ impl Pipeline {
                 }),
             )
         };
+        let context_answered = features_out.value.is_some();
         let ctx = features_out.value.unwrap_or_default();
         let clicks = clicks_out.value.map(|c| c.events).unwrap_or_default();
         answer.stages.push(features_out.report);
@@ -281,7 +282,8 @@ impl Pipeline {
                 recent_items.push(id);
             }
         }
-        answer.cold_start = !ctx.found && recent_items.is_empty();
+        // Cold start only when the feature service answered that it knows nothing of the user.
+        answer.cold_start = context_answered && !ctx.found && recent_items.is_empty();
 
         // recall, every source at once
         let rctx = RecallContext {
@@ -343,7 +345,11 @@ impl Pipeline {
             elapsed: merge_started.elapsed(),
             candidates_in: candidates_in as u32,
             candidates_out: merged.len() as u32,
-            detail: format!("{} dropped (seen, blocked or over quota)", dropped.len()),
+            detail: format!(
+                "{} duplicates merged, {} dropped (seen, blocked or over quota)",
+                candidates_in - merged.len() - dropped.len(),
+                dropped.len()
+            ),
         });
 
         // frequency cap

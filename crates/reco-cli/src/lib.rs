@@ -1,0 +1,6 @@
+//! The `reco` command's library: the whole platform in one process ([`platform`]), loading a snapshot into
+//! running services over their write APIs ([`load`]), and a small client ([`show`]).
+
+pub mod load;
+pub mod platform;
+pub mod show;

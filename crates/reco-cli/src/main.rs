@@ -1,0 +1,170 @@
+//! `reco`: run the whole platform on one machine, and talk to it.
+
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use reco_cli::{
+    load,
+    platform::{Platform, PlatformConfig},
+    show,
+};
+use reco_proto::gateway::v1::{RecommendRequest, gateway_client::GatewayClient};
+use reco_telemetry::TelemetryArgs;
+
+#[derive(Parser)]
+#[command(name = "reco", about = "The reco recommendation platform", version)]
+struct Cli {
+    #[command(flatten)]
+    telemetry: TelemetryArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run all six services in this process on the embedded backends, load data, and serve until Ctrl-C.
+    Up(UpArgs),
+    /// Ask a running gateway for a user's recommendations.
+    Recommend(RecommendArgs),
+}
+
+#[derive(clap::Args)]
+struct UpArgs {
+    /// Address every service listens on.
+    #[arg(long, env = "RECO_HOST", default_value = "127.0.0.1")]
+    host: std::net::IpAddr,
+    /// The gateway's port; feature, cache, vector-recall, graph-recall and ranking take the next five. 0 picks
+    /// free ports.
+    #[arg(long, env = "RECO_BASE_PORT", default_value_t = 50051)]
+    base_port: u16,
+    /// Generated users.
+    #[arg(long, default_value_t = 2000)]
+    users: usize,
+    /// Generated items.
+    #[arg(long, default_value_t = 1500)]
+    items: usize,
+    /// Seed of the generated data (same seed, same data).
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Start empty, loading nothing.
+    #[arg(long)]
+    no_data: bool,
+    /// Exit after showing one recommendation instead of serving (for scripts and smoke tests).
+    #[arg(long)]
+    once: bool,
+}
+
+#[derive(clap::Args)]
+struct RecommendArgs {
+    /// The gateway.
+    #[arg(long, env = "RECO_GATEWAY_ADDR", default_value = "127.0.0.1:50051")]
+    gateway: String,
+    /// The user.
+    #[arg(long)]
+    user: String,
+    /// How many items.
+    #[arg(long)]
+    count: Option<u32>,
+    /// Run graph recall too.
+    #[arg(long)]
+    graph: bool,
+    /// Skip the result cache.
+    #[arg(long)]
+    bypass_cache: bool,
+}
+
+async fn recommend(gateway: &str, req: RecommendRequest) -> anyhow::Result<String> {
+    let mut client = GatewayClient::new(reco_server::channel(gateway)?);
+    let mut request = tonic::Request::new(req);
+    request.set_timeout(Duration::from_secs(2));
+    let answer = client.recommend(request).await?.into_inner();
+    Ok(show::answer(&answer))
+}
+
+async fn up(args: UpArgs) -> anyhow::Result<()> {
+    let platform = Platform::start(PlatformConfig {
+        host: args.host,
+        base_port: args.base_port,
+        ..Default::default()
+    })
+    .await?;
+    let a = platform.addrs.clone();
+    let sample_user = if args.no_data {
+        "u1".to_string()
+    } else {
+        let cfg = reco_data::GenConfig {
+            seed: args.seed,
+            users: args.users,
+            items: args.items,
+            ..Default::default()
+        };
+        println!(
+            "generating {} users and {} items (seed {})...",
+            cfg.users, cfg.items, cfg.seed
+        );
+        let data = reco_data::generate(&cfg);
+        let snap = reco_data::derive(&data, cfg.seed);
+        let sample = snap
+            .pools
+            .first()
+            .map(|(u, _)| u.to_string())
+            .unwrap_or_else(|| "u1".into());
+        let r = load::load(snap, &a).await?;
+        println!(
+            "loaded {} users, {} items, {} recall pools, {} sequences, {} vectors, {} graph edges",
+            r.users, r.items, r.pools, r.sequences, r.vectors, r.edges
+        );
+        sample
+    };
+
+    println!("\nreco is up (embedded backends):");
+    for (name, addr) in a.all() {
+        println!("  {name:<14} {addr}");
+    }
+    println!("\ntry:");
+    println!(
+        "  grpcurl -plaintext -d '{{\"user_id\": \"{sample_user}\"}}' {} reco.gateway.v1.Gateway/Recommend",
+        a.gateway
+    );
+    println!("  grpcurl -plaintext {} list", a.gateway);
+    println!(
+        "  cargo run -q -p reco-cli -- recommend --gateway {} --user {sample_user}",
+        a.gateway
+    );
+
+    println!("\nrecommendations for {sample_user}:");
+    let req = RecommendRequest {
+        user_id: sample_user,
+        ..Default::default()
+    };
+    match recommend(&a.gateway.to_string(), req).await {
+        Ok(text) => print!("{text}"),
+        Err(e) => eprintln!("the sample recommendation failed: {e:#}"),
+    }
+
+    if !args.once {
+        println!("\nserving; Ctrl-C to stop");
+        reco_server::shutdown_signal().await;
+    }
+    platform.shutdown().await
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let _telemetry = reco_telemetry::init("reco", &cli.telemetry)?;
+    match cli.command {
+        Command::Up(args) => up(args).await,
+        Command::Recommend(args) => {
+            let req = RecommendRequest {
+                user_id: args.user,
+                count: args.count,
+                include_graph: args.graph,
+                bypass_cache: args.bypass_cache,
+                ..Default::default()
+            };
+            print!("{}", recommend(&args.gateway, req).await?);
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! All six services in one process, each on its own listener, exactly as they run apart: the gateway reaches the
+//! others over gRPC on loopback. Used by `reco up` and by the integration tests.
+//!
+//! ```text
+//!   gateway :50051 ──▶ feature :50052, cache :50053, vector-recall :50054, graph-recall :50055, ranking :50056
+//! ```
+
+use std::{net::SocketAddr, time::Duration};
+
+use anyhow::Context;
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+
+/// The six services, in start order (downstreams first).
+pub const SERVICES: [&str; 6] = [
+    "feature",
+    "cache",
+    "vector-recall",
+    "graph-recall",
+    "ranking",
+    "gateway",
+];
+
+/// How to run the platform.
+#[derive(Clone, Debug)]
+pub struct PlatformConfig {
+    pub host: std::net::IpAddr,
+    /// The gateway's port; the others follow it (+1 .. +5). 0 gives every service a free port.
+    pub base_port: u16,
+    pub feature: reco_feature::Config,
+    pub cache: reco_cache::Config,
+    pub vector: reco_vector_recall::Config,
+    pub graph: reco_graph_recall::Config,
+    pub ranking: reco_ranking::Config,
+    pub gateway: reco_gateway::Config,
+}
+
+impl Default for PlatformConfig {
+    fn default() -> Self {
+        Self {
+            host: [127, 0, 0, 1].into(),
+            base_port: 0,
+            feature: Default::default(),
+            cache: Default::default(),
+            vector: Default::default(),
+            graph: Default::default(),
+            ranking: Default::default(),
+            gateway: Default::default(),
+        }
+    }
+}
+
+/// Where each service listens.
+#[derive(Clone, Debug)]
+pub struct Addrs {
+    pub gateway: SocketAddr,
+    pub feature: SocketAddr,
+    pub cache: SocketAddr,
+    pub vector: SocketAddr,
+    pub graph: SocketAddr,
+    pub ranking: SocketAddr,
+}
+
+impl Addrs {
+    /// (service, address) pairs in [`SERVICES`] order.
+    pub fn all(&self) -> [(&'static str, SocketAddr); 6] {
+        [
+            ("feature", self.feature),
+            ("cache", self.cache),
+            ("vector-recall", self.vector),
+            ("graph-recall", self.graph),
+            ("ranking", self.ranking),
+            ("gateway", self.gateway),
+        ]
+    }
+}
+
+/// The running platform. [`Platform::shutdown`] drains every service; dropping it stops them too.
+pub struct Platform {
+    pub addrs: Addrs,
+    stop: watch::Sender<bool>,
+    tasks: Vec<(
+        &'static str,
+        JoinHandle<Result<(), reco_server::ServerError>>,
+    )>,
+}
+
+async fn bind(host: std::net::IpAddr, port: u16) -> anyhow::Result<TcpListener> {
+    TcpListener::bind((host, port))
+        .await
+        .with_context(|| format!("cannot listen on {host}:{port}"))
+}
+
+impl Platform {
+    /// Binds every listener, starts every service and waits until each reports SERVING.
+    pub async fn start(mut cfg: PlatformConfig) -> anyhow::Result<Self> {
+        let port = |offset: u16| {
+            if cfg.base_port == 0 {
+                0
+            } else {
+                cfg.base_port + offset
+            }
+        };
+        let gateway_l = bind(cfg.host, port(0)).await?;
+        let feature_l = bind(cfg.host, port(1)).await?;
+        let cache_l = bind(cfg.host, port(2)).await?;
+        let vector_l = bind(cfg.host, port(3)).await?;
+        let graph_l = bind(cfg.host, port(4)).await?;
+        let ranking_l = bind(cfg.host, port(5)).await?;
+        let addrs = Addrs {
+            gateway: gateway_l.local_addr()?,
+            feature: feature_l.local_addr()?,
+            cache: cache_l.local_addr()?,
+            vector: vector_l.local_addr()?,
+            graph: graph_l.local_addr()?,
+            ranking: ranking_l.local_addr()?,
+        };
+        cfg.vector.feature_addr = Some(addrs.feature.to_string());
+        cfg.gateway.feature_addr = addrs.feature.to_string();
+        cfg.gateway.cache_addr = addrs.cache.to_string();
+        cfg.gateway.vector_addr = addrs.vector.to_string();
+        cfg.gateway.graph_addr = addrs.graph.to_string();
+        cfg.gateway.ranking_addr = addrs.ranking.to_string();
+
+        let (stop, _) = watch::channel(false);
+        let signal = |stop: &watch::Sender<bool>| {
+            let mut rx = stop.subscribe();
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }
+        };
+        let servers = [
+            ("feature", reco_feature::build(&cfg.feature)?, feature_l),
+            ("cache", reco_cache::build(&cfg.cache)?, cache_l),
+            (
+                "vector-recall",
+                reco_vector_recall::build(&cfg.vector)?,
+                vector_l,
+            ),
+            (
+                "graph-recall",
+                reco_graph_recall::build(&cfg.graph)?,
+                graph_l,
+            ),
+            ("ranking", reco_ranking::build(&cfg.ranking)?, ranking_l),
+            ("gateway", reco_gateway::build(&cfg.gateway)?, gateway_l),
+        ];
+        let mut tasks = Vec::new();
+        for (name, server, listener) in servers {
+            tasks.push((name, tokio::spawn(server.serve(listener, signal(&stop)))));
+        }
+        let platform = Self { addrs, stop, tasks };
+        for (name, addr) in platform.addrs.all() {
+            reco_server::wait_serving(&addr.to_string(), Duration::from_secs(10))
+                .await
+                .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+        }
+        Ok(platform)
+    }
+
+    /// Drains and stops every service, reporting the first that failed.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        let mut first_error = None;
+        for (name, task) in self.tasks.drain(..) {
+            match task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    first_error.get_or_insert_with(|| anyhow::anyhow!("{name}: {e}"));
+                }
+                Err(e) => {
+                    first_error.get_or_insert_with(|| anyhow::anyhow!("{name} task failed: {e}"));
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for Platform {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}

@@ -1,0 +1,19 @@
+//! Data for the platform when no dataset is given: a deterministic generator of realistic interactions, and the
+//! derivation of everything the online stores serve from them, as the offline side of a deployment would.
+//!
+//! ```text
+//!   generate(seed) ─▶ Interactions { users, items, events, follows }
+//!                          │ derive()
+//!                          ▼
+//!   Snapshot { user features + embeddings, item features + embeddings, CF pools, popular list,
+//!              recent sequences, graph edges }
+//! ```
+
+mod derive;
+mod generate;
+
+pub use derive::{Snapshot, derive};
+pub use generate::{GenConfig, Interaction, Interactions, generate};
+
+/// Dimension of the embeddings the derivation produces.
+pub const DIMENSION: usize = 64;
