@@ -7,6 +7,7 @@
 //! ```
 
 mod client;
+mod health;
 mod server;
 
 pub use client::{TraceInterceptor, TracedChannel, channel, wait_serving};

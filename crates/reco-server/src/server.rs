@@ -5,10 +5,16 @@ use std::{convert::Infallible, future::Future, net::SocketAddr, pin::Pin, time::
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{body::Body, server::NamedService, service::RoutesBuilder, transport::Server};
-use tonic_health::{ServingStatus, server::HealthReporter};
+use tonic_health::{
+    ServingStatus,
+    pb::health_server::HealthServer,
+    server::{HealthReporter, HealthService},
+};
 use tower::limit::GlobalConcurrencyLimitLayer;
 use tower_http::catch_panic::CatchPanicLayer;
 use tracing::{info, warn};
+
+use crate::health::DrainingHealth;
 
 /// Server flags shared by every service binary (each also reads `RECO_*` from the environment).
 #[derive(Clone, Debug, clap::Args)]
@@ -58,21 +64,25 @@ pub struct GrpcServer {
     routes: RoutesBuilder,
     service_names: Vec<&'static str>,
     health: HealthReporter,
+    draining: tokio::sync::watch::Sender<bool>,
     readiness: Option<ReadinessProbe>,
 }
 
 impl GrpcServer {
     /// A server for service `name` (used in logs) configured by `args`.
     pub fn new(name: &'static str, args: ServerArgs) -> Self {
-        let (health, health_service) = tonic_health::server::health_reporter();
+        let health = HealthReporter::new();
+        let (draining, draining_rx) = tokio::sync::watch::channel(false);
+        let health_service = DrainingHealth::new(HealthService::from_health_reporter(health.clone()), draining_rx);
         let mut routes = RoutesBuilder::default();
-        routes.add_service(health_service);
+        routes.add_service(HealthServer::new(health_service));
         Self {
             name,
             args,
             routes,
             service_names: Vec::new(),
             health,
+            draining,
             readiness: None,
         }
     }
@@ -202,6 +212,7 @@ impl GrpcServer {
 
         // Flip health first so load balancers stop sending, then stop accepting and drain.
         self.set_status(ServingStatus::NotServing).await;
+        let _ = self.draining.send(true);
         info!(service = name, "draining");
         let _ = stop_tx.send(());
         let drain = Duration::from_millis(self.args.drain_timeout_ms);

@@ -1,0 +1,293 @@
+//! Recommend end to end: six real services on loopback, called through real gRPC.
+
+use std::{collections::HashSet, time::Duration};
+
+use reco_cli::platform::PlatformConfig;
+use reco_integration_tests::{TestPlatform, ask};
+use reco_proto::gateway::v1::{DropReason, RecommendRequest, StageStatus};
+use tonic::Code;
+
+const STAGES: [&str; 13] = [
+    "admission",
+    "result_cache",
+    "user_context.features",
+    "user_context.recent_clicks",
+    "recall.cf",
+    "recall.vector",
+    "recall.graph",
+    "recall.popular",
+    "merge",
+    "frequency_cap",
+    "hydrate",
+    "rank",
+    "rerank",
+];
+
+fn status(s: i32) -> StageStatus {
+    StageStatus::try_from(s).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recommend_returns_ten_ranked_items_with_a_report_per_stage() {
+    let t = TestPlatform::start().await;
+    let r = t.recommend(ask(&t.known_user)).await.unwrap();
+
+    assert_eq!(r.items.len(), 10);
+    let ids: HashSet<_> = r.items.iter().map(|i| i.item_id.as_str()).collect();
+    assert_eq!(ids.len(), 10, "no duplicates");
+    assert!(r.items.iter().all(|i| !i.sources.is_empty()), "every item says where it came from");
+    assert!(r.items.windows(2).all(|w| w[0].score >= w[1].score), "best first");
+    assert!(!r.degraded && !r.from_cache && !r.cold_start);
+    assert!(!r.model_version.is_empty());
+    assert!(!r.request_id.is_empty());
+
+    let stages: Vec<_> = r.stages.iter().map(|s| s.stage.as_str()).collect();
+    assert_eq!(stages, STAGES);
+    for s in &r.stages {
+        let st = status(s.status);
+        assert!(matches!(st, StageStatus::Ok | StageStatus::Skipped), "{s:?}");
+    }
+    let by_name = |n: &str| r.stages.iter().find(|s| s.stage == n).unwrap();
+    assert_eq!(status(by_name("recall.cf").status), StageStatus::Ok);
+    assert_eq!(status(by_name("recall.vector").status), StageStatus::Ok);
+    assert_eq!(status(by_name("recall.graph").status), StageStatus::Skipped, "graph is on demand");
+    assert!(by_name("merge").candidates_out > 10);
+    assert_eq!(by_name("rerank").candidates_out, 10);
+    assert!(by_name("rank").budget_us > 0);
+
+    // Items the user has already engaged with are never recommended.
+    let mut feature = reco_proto::feature::v1::feature_service_client::FeatureServiceClient::new(
+        reco_server::channel(&t.platform.addrs.feature.to_string()).unwrap(),
+    );
+    let ctx = feature
+        .get_user_context(reco_proto::feature::v1::GetUserContextRequest {
+            user_id: t.known_user.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!ctx.recent_events.is_empty());
+    assert!(ctx.recent_events.iter().all(|e| !ids.contains(e.item_id.as_str())));
+
+    // With graph recall asked for, the graph stage runs and can contribute.
+    let r = t
+        .recommend(RecommendRequest {
+            include_graph: true,
+            bypass_cache: true,
+            ..ask(&t.known_user)
+        })
+        .await
+        .unwrap();
+    let graph = r.stages.iter().find(|s| s.stage == "recall.graph").unwrap();
+    assert_eq!(status(graph.status), StageStatus::Ok);
+    assert!(graph.candidates_out > 0);
+    t.platform.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_invalid_argument_naming_the_field() {
+    let t = TestPlatform::start().await;
+    let cases = [
+        (ask(""), "user_id"),
+        (
+            RecommendRequest {
+                count: Some(0),
+                ..ask("u1")
+            },
+            "count",
+        ),
+        (
+            RecommendRequest {
+                count: Some(100_000),
+                ..ask("u1")
+            },
+            "count",
+        ),
+        (ask(&"x".repeat(10 * 1024)), "user_id"),
+        (ask("bad\u{0}id"), "user_id"),
+        (
+            RecommendRequest {
+                scene: "s".repeat(500),
+                ..ask("u1")
+            },
+            "scene",
+        ),
+        (
+            RecommendRequest {
+                context: (0..100).map(|i| (format!("k{i}"), "v".into())).collect(),
+                ..ask("u1")
+            },
+            "context",
+        ),
+    ];
+    for (req, field) in cases {
+        let err = t.recommend(req).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert!(err.message().contains(field), "{field}: {}", err.message());
+    }
+    // Asking for 100 is fine, and gets as many as there are (up to 100).
+    let r = t
+        .recommend(RecommendRequest {
+            count: Some(100),
+            ..ask(&t.known_user)
+        })
+        .await
+        .unwrap();
+    assert!(r.items.len() > 10 && r.items.len() <= 100);
+    t.platform.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_user_gets_the_popular_items_as_a_cold_start() {
+    let t = TestPlatform::start().await;
+    let r = t.recommend(ask("never-seen-before")).await.unwrap();
+    assert!(r.cold_start);
+    assert!(!r.degraded);
+    assert_eq!(r.items.len(), 10);
+    assert!(r.items.iter().all(|i| i.sources.iter().any(|s| s.source == "popular")));
+    let skipped: Vec<_> = r
+        .stages
+        .iter()
+        .filter(|s| status(s.status) == StageStatus::Skipped)
+        .map(|s| s.stage.as_str())
+        .collect();
+    assert!(skipped.contains(&"recall.cf") && skipped.contains(&"recall.vector"), "{skipped:?}");
+    t.platform.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_call_is_answered_from_the_result_cache() {
+    let t = TestPlatform::start().await;
+    let first = t.recommend(ask(&t.known_user)).await.unwrap();
+    assert!(!first.from_cache);
+    // The cache write happens after the answer, off the response path: wait for it to land.
+    let mut second = None;
+    for _ in 0..100 {
+        let r = t.recommend(ask(&t.known_user)).await.unwrap();
+        if r.from_cache {
+            second = Some(r);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let second = second.expect("the result cache answers within 2 s of the first call");
+    let ids = |r: &reco_proto::gateway::v1::RecommendResponse| r.items.iter().map(|i| i.item_id.clone()).collect::<Vec<_>>();
+    assert_eq!(ids(&first), ids(&second));
+    let cache = second.stages.iter().find(|s| s.stage == "result_cache").unwrap();
+    assert_eq!(status(cache.status), StageStatus::Cached);
+
+    let fresh = t
+        .recommend(RecommendRequest {
+            bypass_cache: true,
+            ..ask(&t.known_user)
+        })
+        .await
+        .unwrap();
+    assert!(!fresh.from_cache);
+    t.platform.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_says_why_each_candidate_is_in_or_out() {
+    let t = TestPlatform::start().await;
+    let r = t
+        .recommend(RecommendRequest {
+            explain: true,
+            ..ask(&t.known_user)
+        })
+        .await
+        .unwrap();
+    assert!(!r.from_cache, "explain always computes a fresh answer");
+    assert!(r.explanations.len() > r.items.len());
+    for (n, item) in r.items.iter().enumerate() {
+        let e = r.explanations.iter().find(|e| e.item_id == item.item_id).unwrap();
+        assert_eq!(e.position as usize, n + 1);
+        assert_eq!(DropReason::try_from(e.dropped).unwrap(), DropReason::Unspecified);
+        assert!(e.features.contains_key("embedding_similarity") && e.features.contains_key("cf_score"));
+    }
+    let out: Vec<_> = r.explanations.iter().filter(|e| e.position == 0).collect();
+    assert!(!out.is_empty());
+    for e in &out {
+        let reason = DropReason::try_from(e.dropped).unwrap();
+        assert_ne!(reason, DropReason::Unspecified, "{e:?}");
+        assert!(!e.detail.is_empty());
+    }
+    t.platform.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_deadline_shrinks_every_budget() {
+    // Every stage is configured with 1 s (relaxed for debug builds); the caller allows 800 ms in all.
+    let t = TestPlatform::start().await;
+    let mut req = tonic::Request::new(RecommendRequest {
+        bypass_cache: true,
+        ..ask(&t.known_user)
+    });
+    req.set_timeout(Duration::from_millis(800));
+    let r = t.gateway().recommend(req).await.unwrap().into_inner();
+    let ran: Vec<_> = r.stages.iter().filter(|s| s.budget_us > 0).collect();
+    assert!(ran.len() >= 6, "{:?}", r.stages);
+    for s in &ran {
+        assert!(s.budget_us < 800_000, "{} was given {} us of an 800 ms deadline", s.stage, s.budget_us);
+    }
+    t.platform.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ranking_down_degrades_to_recall_order_and_says_so() {
+    let t = TestPlatform::start().await;
+    // A second gateway over the same services, but with ranking pointed at a port nothing listens on.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let mut cfg = reco_gateway::Config::default();
+    reco_integration_tests::relax_budgets(&mut cfg);
+    let a = &t.platform.addrs;
+    cfg.feature_addr = a.feature.to_string();
+    cfg.cache_addr = a.cache.to_string();
+    cfg.vector_addr = a.vector.to_string();
+    cfg.graph_addr = a.graph.to_string();
+    cfg.ranking_addr = dead.to_string();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(reco_gateway::build(&cfg).unwrap().serve(listener, async {
+        let _ = stopped.await;
+    }));
+
+    let mut client = reco_proto::gateway::v1::gateway_client::GatewayClient::new(
+        reco_server::channel(&addr.to_string()).unwrap(),
+    );
+    let r = client.recommend(ask(&t.known_user)).await.unwrap().into_inner();
+    assert!(r.degraded);
+    assert_eq!(r.items.len(), 10, "still a full answer, in recall order");
+    let rank = r.stages.iter().find(|s| s.stage == "rank").unwrap();
+    assert_eq!(status(rank.status), StageStatus::Error);
+    assert!(rank.detail.contains("recall order"), "{}", rank.detail);
+    assert!(r.model_version.is_empty());
+
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+    t.platform.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_rate_limit_is_resource_exhausted_with_retry_after() {
+    let mut cfg = PlatformConfig::default();
+    cfg.gateway.rate_limit = 3;
+    cfg.gateway.rate_window_ms = 60_000;
+    let t = TestPlatform::start_with(cfg).await;
+    let req = || RecommendRequest {
+        bypass_cache: true,
+        ..ask(&t.known_user)
+    };
+    for _ in 0..3 {
+        t.recommend(req()).await.unwrap();
+    }
+    let err = t.recommend(req()).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    let retry: u64 = err.metadata().get("retry-after-ms").unwrap().to_str().unwrap().parse().unwrap();
+    assert!(retry > 0 && retry <= 60_000, "{retry}");
+    // Other users are not affected.
+    t.recommend(ask("someone-else")).await.unwrap();
+    t.platform.shutdown().await.unwrap();
+}

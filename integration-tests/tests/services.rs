@@ -1,0 +1,219 @@
+//! Every service on its own: health, validation at the gRPC edge, and graceful shutdown.
+
+use reco_integration_tests::TestPlatform;
+use reco_proto::{
+    cache::v1::{self as cache, cache_service_client::CacheServiceClient},
+    common::v1::{Event, Vector},
+    feature::v1::{self as feature, feature_service_client::FeatureServiceClient},
+    graph_recall::v1::{self as graph, graph_recall_client::GraphRecallClient},
+    ranking::v1::{self as ranking, ranking_client::RankingClient},
+    vector_recall::v1::{self as vector, search_request::Query, vector_recall_client::VectorRecallClient},
+};
+use tonic::Code;
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+
+fn ch(addr: std::net::SocketAddr) -> reco_server::TracedChannel {
+    reco_server::channel(&addr.to_string()).unwrap()
+}
+
+fn assert_invalid<T: std::fmt::Debug>(r: Result<T, tonic::Status>, field: &str) {
+    let err = r.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains(field), "expected {field:?} in {:?}", err.message());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_service_reports_serving_for_itself_and_its_api() {
+    let t = TestPlatform::start().await;
+    let apis = [
+        ("feature", "reco.feature.v1.FeatureService"),
+        ("cache", "reco.cache.v1.CacheService"),
+        ("vector-recall", "reco.vector_recall.v1.VectorRecall"),
+        ("graph-recall", "reco.graph_recall.v1.GraphRecall"),
+        ("ranking", "reco.ranking.v1.Ranking"),
+        ("gateway", "reco.gateway.v1.Gateway"),
+    ];
+    for ((name, addr), (api_service, api)) in t.platform.addrs.all().into_iter().zip(apis) {
+        assert_eq!(name, api_service);
+        let mut h = HealthClient::new(ch(addr));
+        for service in ["", api] {
+            let s = h
+                .check(HealthCheckRequest {
+                    service: service.into(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .status;
+            assert_eq!(s, ServingStatus::Serving as i32, "{name} {service:?}");
+        }
+        let err = h
+            .check(HealthCheckRequest {
+                service: "reco.nothing.v1.Nope".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::NotFound);
+    }
+    t.platform.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_service_refuses_bad_input_with_the_reason() {
+    let t = TestPlatform::start().await;
+    let a = t.platform.addrs.clone();
+
+    let mut f = FeatureServiceClient::new(ch(a.feature));
+    assert_invalid(
+        f.batch_get_item_features(feature::BatchGetItemFeaturesRequest {
+            item_ids: (0..1001).map(|i| format!("i{i}")).collect(),
+            ..Default::default()
+        })
+        .await,
+        "item_ids",
+    );
+    assert_invalid(
+        f.put_item_features(feature::PutItemFeaturesRequest {
+            items: vec![feature::Item {
+                item_id: "ok".into(),
+                embedding: vec![1.0, f32::NAN],
+                ..Default::default()
+            }],
+            feature_version: String::new(),
+        })
+        .await,
+        "items[0].embedding[1]",
+    );
+    assert_invalid(
+        f.append_events(feature::AppendEventsRequest {
+            user_id: "u1".into(),
+            events: vec![Event {
+                item_id: String::new(),
+                ..Default::default()
+            }],
+        })
+        .await,
+        "events[0].item_id",
+    );
+    let missing = f
+        .get_user_context(feature::GetUserContextRequest {
+            user_id: "u1".into(),
+            feature_version: "no-such-version".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+
+    let mut c = CacheServiceClient::new(ch(a.cache));
+    assert_invalid(
+        c.put_session(cache::PutSessionRequest {
+            session_id: "s1".into(),
+            data: vec![0; 65 * 1024],
+            ttl_ms: 0,
+        })
+        .await,
+        "data",
+    );
+    assert_invalid(
+        c.check_rate_limit(cache::CheckRateLimitRequest {
+            key: "k".into(),
+            limit: 0,
+            window_ms: 1000,
+            cost: 1,
+        })
+        .await,
+        "limit",
+    );
+
+    let mut v = VectorRecallClient::new(ch(a.vector));
+    let search = |values: Vec<f32>, k: u32| vector::SearchRequest {
+        query: Some(Query::Vector(Vector { values })),
+        k,
+        filter: None,
+    };
+    assert_invalid(v.search(search(vec![0.5; 3], 10)).await, "dimensions");
+    assert_invalid(v.search(search(vec![f32::INFINITY; 64], 10)).await, "vector.values[0]");
+    assert_invalid(v.search(search(vec![0.5; 64], 1001)).await, "k");
+    assert_invalid(v.search(vector::SearchRequest::default()).await, "query");
+    let ok = v.search(search(vec![0.5; 64], 5)).await.unwrap().into_inner();
+    assert_eq!(ok.hits.len(), 5);
+
+    let mut g = GraphRecallClient::new(ch(a.graph));
+    assert_invalid(
+        g.add_edges(graph::AddEdgesRequest {
+            edges: vec![graph::Edge {
+                src: "u1".into(),
+                dst: "u2".into(),
+                kind: 0,
+                weight: 1.0,
+            }],
+        })
+        .await,
+        "edges[0].kind",
+    );
+    // An unknown user is a cold start, not an error.
+    let empty = g
+        .recall(graph::RecallRequest {
+            user_id: "stranger".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(empty.candidates.is_empty());
+
+    let mut r = RankingClient::new(ch(a.ranking));
+    assert_invalid(
+        r.rank(ranking::RankRequest {
+            user_id: "u1".into(),
+            user_embedding: vec![f32::NAN],
+            ..Default::default()
+        })
+        .await,
+        "user_embedding[0]",
+    );
+    assert_invalid(
+        r.rank(ranking::RankRequest {
+            user_id: "u1".into(),
+            candidates: (0..2001)
+                .map(|i| ranking::RankCandidate {
+                    item_id: format!("i{i}"),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        })
+        .await,
+        "candidates",
+    );
+    t.platform.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_stops_serving_on_shutdown_and_releases_its_port() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(reco_ranking::build(&Default::default()).unwrap().serve(listener, async {
+        let _ = stopped.await;
+    }));
+    reco_server::wait_serving(&addr.to_string(), std::time::Duration::from_secs(5))
+        .await
+        .unwrap();
+    let mut h = HealthClient::new(ch(addr));
+    let mut watch = h
+        .watch(HealthCheckRequest { service: String::new() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(watch.message().await.unwrap().unwrap().status, ServingStatus::Serving as i32);
+
+    let _ = stop.send(());
+    // Health flips to NOT_SERVING before the server drains, so watchers (load balancers) see it first; then the
+    // watch ends instead of holding the draining server open.
+    let last = watch.message().await.unwrap().expect("a last status before the watch ends");
+    assert_eq!(last.status, ServingStatus::NotServing as i32);
+    server.await.unwrap().expect("drained within the drain timeout");
+    assert!(std::net::TcpStream::connect(addr).is_err(), "the port is released");
+}
