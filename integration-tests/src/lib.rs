@@ -45,11 +45,22 @@ impl TestPlatform {
         let known_user = snap
             .pools
             .iter()
-            .find(|(u, pool)| pool.len() >= 50 && snap.users.iter().any(|x| &x.user_id == u && x.embedding.is_some()))
+            .find(|(u, pool)| {
+                pool.len() >= 50
+                    && snap
+                        .users
+                        .iter()
+                        .any(|x| &x.user_id == u && x.embedding.is_some())
+            })
             .map(|(u, _)| u.to_string())
             .expect("a user with a pool");
-        reco_cli::load::load(snap, &platform.addrs).await.expect("data loads");
-        Self { platform, known_user }
+        reco_cli::load::load(snap, &platform.addrs)
+            .await
+            .expect("data loads");
+        Self {
+            platform,
+            known_user,
+        }
     }
 
     pub fn gateway_addr(&self) -> String {
@@ -61,10 +72,16 @@ impl TestPlatform {
     }
 
     /// Recommend with a generous caller deadline.
-    pub async fn recommend(&self, req: RecommendRequest) -> Result<RecommendResponse, tonic::Status> {
+    pub async fn recommend(
+        &self,
+        req: RecommendRequest,
+    ) -> Result<RecommendResponse, tonic::Status> {
         let mut r = tonic::Request::new(req);
         r.set_timeout(Duration::from_secs(5));
-        self.gateway().recommend(r).await.map(tonic::Response::into_inner)
+        self.gateway()
+            .recommend(r)
+            .await
+            .map(tonic::Response::into_inner)
     }
 }
 
@@ -88,7 +105,10 @@ pub fn ask(user: &str) -> RecommendRequest {
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// The grpcurl binary: `$RECO_GRPCURL`, the test tools' venv, or PATH. When the test script asked for it
@@ -100,7 +120,9 @@ pub fn grpcurl() -> Option<PathBuf> {
         .into_iter()
         .chain([workspace_root().join(".tools/venv/bin/grpcurl")])
         .chain(std::env::var_os("PATH").into_iter().flat_map(|p| {
-            std::env::split_paths(&p).map(|d| d.join("grpcurl")).collect::<Vec<_>>()
+            std::env::split_paths(&p)
+                .map(|d| d.join("grpcurl"))
+                .collect::<Vec<_>>()
         }));
     for c in candidates {
         if c.is_file() {
@@ -108,15 +130,22 @@ pub fn grpcurl() -> Option<PathBuf> {
         }
     }
     if std::env::var("RECO_REQUIRE_GRPCURL").is_ok_and(|v| v == "1") {
-        panic!("RECO_REQUIRE_GRPCURL=1 but no grpcurl was found (set RECO_GRPCURL or run scripts/test.sh)");
+        panic!(
+            "RECO_REQUIRE_GRPCURL=1 but no grpcurl was found (set RECO_GRPCURL or run scripts/test.sh)"
+        );
     }
-    eprintln!("NOT RUN: grpcurl not found; scripts/test.sh installs it and makes this test required");
+    eprintln!(
+        "NOT RUN: grpcurl not found; scripts/test.sh installs it and makes this test required"
+    );
     None
 }
 
 /// Runs grpcurl with `args`, returning stdout; panics with its stderr when it fails.
 pub fn run_grpcurl(bin: &Path, args: &[&str]) -> String {
-    let out = std::process::Command::new(bin).args(args).output().expect("grpcurl runs");
+    let out = std::process::Command::new(bin)
+        .args(args)
+        .output()
+        .expect("grpcurl runs");
     assert!(
         out.status.success(),
         "grpcurl {args:?} failed: {}\n{}",
@@ -128,7 +157,10 @@ pub fn run_grpcurl(bin: &Path, args: &[&str]) -> String {
 
 /// Runs grpcurl expecting failure, returning stderr.
 pub fn run_grpcurl_err(bin: &Path, args: &[&str]) -> String {
-    let out = std::process::Command::new(bin).args(args).output().expect("grpcurl runs");
+    let out = std::process::Command::new(bin)
+        .args(args)
+        .output()
+        .expect("grpcurl runs");
     assert!(!out.status.success(), "grpcurl {args:?} should have failed");
     String::from_utf8_lossy(&out.stderr).into_owned()
 }

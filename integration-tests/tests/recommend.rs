@@ -35,8 +35,14 @@ async fn recommend_returns_ten_ranked_items_with_a_report_per_stage() {
     assert_eq!(r.items.len(), 10);
     let ids: HashSet<_> = r.items.iter().map(|i| i.item_id.as_str()).collect();
     assert_eq!(ids.len(), 10, "no duplicates");
-    assert!(r.items.iter().all(|i| !i.sources.is_empty()), "every item says where it came from");
-    assert!(r.items.windows(2).all(|w| w[0].score >= w[1].score), "best first");
+    assert!(
+        r.items.iter().all(|i| !i.sources.is_empty()),
+        "every item says where it came from"
+    );
+    assert!(
+        r.items.windows(2).all(|w| w[0].score >= w[1].score),
+        "best first"
+    );
     assert!(!r.degraded && !r.from_cache && !r.cold_start);
     assert!(!r.model_version.is_empty());
     assert!(!r.request_id.is_empty());
@@ -45,12 +51,19 @@ async fn recommend_returns_ten_ranked_items_with_a_report_per_stage() {
     assert_eq!(stages, STAGES);
     for s in &r.stages {
         let st = status(s.status);
-        assert!(matches!(st, StageStatus::Ok | StageStatus::Skipped), "{s:?}");
+        assert!(
+            matches!(st, StageStatus::Ok | StageStatus::Skipped),
+            "{s:?}"
+        );
     }
     let by_name = |n: &str| r.stages.iter().find(|s| s.stage == n).unwrap();
     assert_eq!(status(by_name("recall.cf").status), StageStatus::Ok);
     assert_eq!(status(by_name("recall.vector").status), StageStatus::Ok);
-    assert_eq!(status(by_name("recall.graph").status), StageStatus::Skipped, "graph is on demand");
+    assert_eq!(
+        status(by_name("recall.graph").status),
+        StageStatus::Skipped,
+        "graph is on demand"
+    );
     assert!(by_name("merge").candidates_out > 10);
     assert_eq!(by_name("rerank").candidates_out, 10);
     assert!(by_name("rank").budget_us > 0);
@@ -68,7 +81,11 @@ async fn recommend_returns_ten_ranked_items_with_a_report_per_stage() {
         .unwrap()
         .into_inner();
     assert!(!ctx.recent_events.is_empty());
-    assert!(ctx.recent_events.iter().all(|e| !ids.contains(e.item_id.as_str())));
+    assert!(
+        ctx.recent_events
+            .iter()
+            .all(|e| !ids.contains(e.item_id.as_str()))
+    );
 
     // With graph recall asked for, the graph stage runs and can contribute.
     let r = t
@@ -145,14 +162,21 @@ async fn an_unknown_user_gets_the_popular_items_as_a_cold_start() {
     assert!(r.cold_start);
     assert!(!r.degraded);
     assert_eq!(r.items.len(), 10);
-    assert!(r.items.iter().all(|i| i.sources.iter().any(|s| s.source == "popular")));
+    assert!(
+        r.items
+            .iter()
+            .all(|i| i.sources.iter().any(|s| s.source == "popular"))
+    );
     let skipped: Vec<_> = r
         .stages
         .iter()
         .filter(|s| status(s.status) == StageStatus::Skipped)
         .map(|s| s.stage.as_str())
         .collect();
-    assert!(skipped.contains(&"recall.cf") && skipped.contains(&"recall.vector"), "{skipped:?}");
+    assert!(
+        skipped.contains(&"recall.cf") && skipped.contains(&"recall.vector"),
+        "{skipped:?}"
+    );
     t.platform.shutdown().await.unwrap();
 }
 
@@ -172,9 +196,18 @@ async fn a_second_call_is_answered_from_the_result_cache() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let second = second.expect("the result cache answers within 2 s of the first call");
-    let ids = |r: &reco_proto::gateway::v1::RecommendResponse| r.items.iter().map(|i| i.item_id.clone()).collect::<Vec<_>>();
+    let ids = |r: &reco_proto::gateway::v1::RecommendResponse| {
+        r.items
+            .iter()
+            .map(|i| i.item_id.clone())
+            .collect::<Vec<_>>()
+    };
     assert_eq!(ids(&first), ids(&second));
-    let cache = second.stages.iter().find(|s| s.stage == "result_cache").unwrap();
+    let cache = second
+        .stages
+        .iter()
+        .find(|s| s.stage == "result_cache")
+        .unwrap();
     assert_eq!(status(cache.status), StageStatus::Cached);
 
     let fresh = t
@@ -201,10 +234,19 @@ async fn explain_says_why_each_candidate_is_in_or_out() {
     assert!(!r.from_cache, "explain always computes a fresh answer");
     assert!(r.explanations.len() > r.items.len());
     for (n, item) in r.items.iter().enumerate() {
-        let e = r.explanations.iter().find(|e| e.item_id == item.item_id).unwrap();
+        let e = r
+            .explanations
+            .iter()
+            .find(|e| e.item_id == item.item_id)
+            .unwrap();
         assert_eq!(e.position as usize, n + 1);
-        assert_eq!(DropReason::try_from(e.dropped).unwrap(), DropReason::Unspecified);
-        assert!(e.features.contains_key("embedding_similarity") && e.features.contains_key("cf_score"));
+        assert_eq!(
+            DropReason::try_from(e.dropped).unwrap(),
+            DropReason::Unspecified
+        );
+        assert!(
+            e.features.contains_key("embedding_similarity") && e.features.contains_key("cf_score")
+        );
     }
     let out: Vec<_> = r.explanations.iter().filter(|e| e.position == 0).collect();
     assert!(!out.is_empty());
@@ -229,7 +271,12 @@ async fn a_caller_deadline_shrinks_every_budget() {
     let ran: Vec<_> = r.stages.iter().filter(|s| s.budget_us > 0).collect();
     assert!(ran.len() >= 6, "{:?}", r.stages);
     for s in &ran {
-        assert!(s.budget_us < 800_000, "{} was given {} us of an 800 ms deadline", s.stage, s.budget_us);
+        assert!(
+            s.budget_us < 800_000,
+            "{} was given {} us of an 800 ms deadline",
+            s.stage,
+            s.budget_us
+        );
     }
     t.platform.shutdown().await.unwrap();
 }
@@ -238,7 +285,10 @@ async fn a_caller_deadline_shrinks_every_budget() {
 async fn ranking_down_degrades_to_recall_order_and_says_so() {
     let t = TestPlatform::start().await;
     // A second gateway over the same services, but with ranking pointed at a port nothing listens on.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let mut cfg = reco_gateway::Config::default();
     reco_integration_tests::relax_budgets(&mut cfg);
     let a = &t.platform.addrs;
@@ -257,7 +307,11 @@ async fn ranking_down_degrades_to_recall_order_and_says_so() {
     let mut client = reco_proto::gateway::v1::gateway_client::GatewayClient::new(
         reco_server::channel(&addr.to_string()).unwrap(),
     );
-    let r = client.recommend(ask(&t.known_user)).await.unwrap().into_inner();
+    let r = client
+        .recommend(ask(&t.known_user))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(r.degraded);
     assert_eq!(r.items.len(), 10, "still a full answer, in recall order");
     let rank = r.stages.iter().find(|s| s.stage == "rank").unwrap();
@@ -285,7 +339,14 @@ async fn over_the_rate_limit_is_resource_exhausted_with_retry_after() {
     }
     let err = t.recommend(req()).await.unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted);
-    let retry: u64 = err.metadata().get("retry-after-ms").unwrap().to_str().unwrap().parse().unwrap();
+    let retry: u64 = err
+        .metadata()
+        .get("retry-after-ms")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(retry > 0 && retry <= 60_000, "{retry}");
     // Other users are not affected.
     t.recommend(ask("someone-else")).await.unwrap();

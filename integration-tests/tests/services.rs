@@ -7,10 +7,14 @@ use reco_proto::{
     feature::v1::{self as feature, feature_service_client::FeatureServiceClient},
     graph_recall::v1::{self as graph, graph_recall_client::GraphRecallClient},
     ranking::v1::{self as ranking, ranking_client::RankingClient},
-    vector_recall::v1::{self as vector, search_request::Query, vector_recall_client::VectorRecallClient},
+    vector_recall::v1::{
+        self as vector, search_request::Query, vector_recall_client::VectorRecallClient,
+    },
 };
 use tonic::Code;
-use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
 
 fn ch(addr: std::net::SocketAddr) -> reco_server::TracedChannel {
     reco_server::channel(&addr.to_string()).unwrap()
@@ -19,7 +23,11 @@ fn ch(addr: std::net::SocketAddr) -> reco_server::TracedChannel {
 fn assert_invalid<T: std::fmt::Debug>(r: Result<T, tonic::Status>, field: &str) {
     let err = r.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
-    assert!(err.message().contains(field), "expected {field:?} in {:?}", err.message());
+    assert!(
+        err.message().contains(field),
+        "expected {field:?} in {:?}",
+        err.message()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -133,10 +141,17 @@ async fn each_service_refuses_bad_input_with_the_reason() {
         filter: None,
     };
     assert_invalid(v.search(search(vec![0.5; 3], 10)).await, "dimensions");
-    assert_invalid(v.search(search(vec![f32::INFINITY; 64], 10)).await, "vector.values[0]");
+    assert_invalid(
+        v.search(search(vec![f32::INFINITY; 64], 10)).await,
+        "vector.values[0]",
+    );
     assert_invalid(v.search(search(vec![0.5; 64], 1001)).await, "k");
     assert_invalid(v.search(vector::SearchRequest::default()).await, "query");
-    let ok = v.search(search(vec![0.5; 64], 5)).await.unwrap().into_inner();
+    let ok = v
+        .search(search(vec![0.5; 64], 5))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(ok.hits.len(), 5);
 
     let mut g = GraphRecallClient::new(ch(a.graph));
@@ -195,25 +210,43 @@ async fn a_service_stops_serving_on_shutdown_and_releases_its_port() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(reco_ranking::build(&Default::default()).unwrap().serve(listener, async {
-        let _ = stopped.await;
-    }));
+    let server = tokio::spawn(reco_ranking::build(&Default::default()).unwrap().serve(
+        listener,
+        async {
+            let _ = stopped.await;
+        },
+    ));
     reco_server::wait_serving(&addr.to_string(), std::time::Duration::from_secs(5))
         .await
         .unwrap();
     let mut h = HealthClient::new(ch(addr));
     let mut watch = h
-        .watch(HealthCheckRequest { service: String::new() })
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(watch.message().await.unwrap().unwrap().status, ServingStatus::Serving as i32);
+    assert_eq!(
+        watch.message().await.unwrap().unwrap().status,
+        ServingStatus::Serving as i32
+    );
 
     let _ = stop.send(());
     // Health flips to NOT_SERVING before the server drains, so watchers (load balancers) see it first; then the
     // watch ends instead of holding the draining server open.
-    let last = watch.message().await.unwrap().expect("a last status before the watch ends");
+    let last = watch
+        .message()
+        .await
+        .unwrap()
+        .expect("a last status before the watch ends");
     assert_eq!(last.status, ServingStatus::NotServing as i32);
-    server.await.unwrap().expect("drained within the drain timeout");
-    assert!(std::net::TcpStream::connect(addr).is_err(), "the port is released");
+    server
+        .await
+        .unwrap()
+        .expect("drained within the drain timeout");
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "the port is released"
+    );
 }

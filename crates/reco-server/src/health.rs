@@ -10,7 +10,10 @@ use futures::{Stream, StreamExt};
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 use tonic_health::{
-    pb::{HealthCheckRequest, HealthCheckResponse, health_check_response::ServingStatus, health_server::Health},
+    pb::{
+        HealthCheckRequest, HealthCheckResponse, health_check_response::ServingStatus,
+        health_server::Health,
+    },
     server::HealthService,
 };
 
@@ -30,34 +33,43 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<HealthCheckResponse, Status>
 
 #[tonic::async_trait]
 impl Health for DrainingHealth {
-    async fn check(&self, request: Request<HealthCheckRequest>) -> Result<Response<HealthCheckResponse>, Status> {
+    async fn check(
+        &self,
+        request: Request<HealthCheckRequest>,
+    ) -> Result<Response<HealthCheckResponse>, Status> {
         self.inner.check(request).await
     }
 
     type WatchStream = WatchStream;
 
-    async fn watch(&self, request: Request<HealthCheckRequest>) -> Result<Response<Self::WatchStream>, Status> {
+    async fn watch(
+        &self,
+        request: Request<HealthCheckRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
         let inner = self.inner.watch(request).await?.into_inner();
         let draining = self.draining.clone();
-        let stream = futures::stream::unfold((inner, draining, false), |(mut inner, mut draining, done)| async move {
-            if done {
-                return None;
-            }
-            let drained = tokio::select! {
-                biased;
-                _ = draining.wait_for(|d| *d) => None,
-                item = inner.next() => Some(item),
-            };
-            match drained {
-                None => {
-                    let last = HealthCheckResponse {
-                        status: ServingStatus::NotServing as i32,
-                    };
-                    Some((Ok(last), (inner, draining, true)))
+        let stream = futures::stream::unfold(
+            (inner, draining, false),
+            |(mut inner, mut draining, done)| async move {
+                if done {
+                    return None;
                 }
-                Some(item) => item.map(|i| (i, (inner, draining, false))),
-            }
-        });
+                let drained = tokio::select! {
+                    biased;
+                    _ = draining.wait_for(|d| *d) => None,
+                    item = inner.next() => Some(item),
+                };
+                match drained {
+                    None => {
+                        let last = HealthCheckResponse {
+                            status: ServingStatus::NotServing as i32,
+                        };
+                        Some((Ok(last), (inner, draining, true)))
+                    }
+                    Some(item) => item.map(|i| (i, (inner, draining, false))),
+                }
+            },
+        );
         Ok(Response::new(Box::pin(stream)))
     }
 }

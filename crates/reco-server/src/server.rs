@@ -3,8 +3,12 @@
 use std::{convert::Infallible, future::Future, net::SocketAddr, pin::Pin, time::Duration};
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
-use tonic::{body::Body, server::NamedService, service::RoutesBuilder, transport::Server};
+use tonic::{
+    body::Body,
+    server::NamedService,
+    service::RoutesBuilder,
+    transport::{Server, server::TcpIncoming},
+};
 use tonic_health::{
     ServingStatus,
     pb::health_server::HealthServer,
@@ -73,7 +77,10 @@ impl GrpcServer {
     pub fn new(name: &'static str, args: ServerArgs) -> Self {
         let health = HealthReporter::new();
         let (draining, draining_rx) = tokio::sync::watch::channel(false);
-        let health_service = DrainingHealth::new(HealthService::from_health_reporter(health.clone()), draining_rx);
+        let health_service = DrainingHealth::new(
+            HealthService::from_health_reporter(health.clone()),
+            draining_rx,
+        );
         let mut routes = RoutesBuilder::default();
         routes.add_service(HealthServer::new(health_service));
         Self {
@@ -178,12 +185,13 @@ impl GrpcServer {
                 },
             ))
             .add_routes(routes);
-        let server = tokio::spawn(router.serve_with_incoming_shutdown(
-            TcpListenerStream::new(listener),
-            async {
-                let _ = stop_rx.await;
-            },
-        ));
+        // Nagle's algorithm would hold back the tail of multi-segment responses until the peer's delayed ACK.
+        let incoming = TcpIncoming::from(listener)
+            .with_nodelay(Some(true))
+            .with_keepalive(Some(Duration::from_secs(60)));
+        let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
+            let _ = stop_rx.await;
+        }));
         info!(service = name, addr = ?local, "listening");
 
         // Ready once the backends answer; the probe is retried until then, or until shutdown.

@@ -34,8 +34,8 @@ use reco_proto::{
 use reco_ranker::features as rank_features;
 use reco_server::TracedChannel;
 use reco_types::{
-    Candidate, Embedding, FeatureVersion, Features, ItemId, Name, Scene, SourceHit, StageReport,
-    StageStatus, UserId,
+    Candidate, Embedding, FeatureVersion, ItemId, Name, Scene, SourceHit, StageReport, StageStatus,
+    UserId,
 };
 use tracing::warn;
 
@@ -589,7 +589,7 @@ impl Pipeline {
                     features: hydrated
                         .get(&m.item_id)
                         .and_then(|i| conversions::features("features", i.features.clone()).ok())
-                        .unwrap_or_else(Features::new),
+                        .unwrap_or_default(),
                     categories: categories_of(&m.item_id),
                     sources: m.sources.clone(),
                     embedding: hydrated.get(&m.item_id).and_then(|i| {
