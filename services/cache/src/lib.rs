@@ -2,15 +2,15 @@
 //!
 //! ```text
 //!   gateway ──Get/PutRecommendations, CheckRateLimit, FilterCapped, RecordImpressions──▶ CacheApi
-//!   events  ──PushEvent──▶ CacheApi ──▶ dyn CacheStore (memory | ...)
+//!   events  ──PushEvent──▶ CacheApi ──▶ dyn CacheStore (memory | redis)
 //! ```
 
 mod api;
 mod error;
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use reco_cache_store::{CacheStore, MemoryCacheStore};
+use reco_cache_store::{CacheStore, MemoryCacheStore, RedisCacheStore, RedisConfig};
 use reco_proto::cache::v1::cache_service_server::CacheServiceServer;
 use reco_server::{GrpcServer, ServerArgs};
 use reco_telemetry::TelemetryArgs;
@@ -26,6 +26,8 @@ pub const DEFAULT_PORT: u16 = 50053;
 pub enum Backend {
     /// In-process maps (embedded default).
     Memory,
+    /// Redis or ElastiCache (`--redis-url`).
+    Redis,
 }
 
 /// Flags of the cache service; each also reads `RECO_*` from the environment.
@@ -39,6 +41,25 @@ pub struct Config {
     /// Store backend.
     #[arg(long = "backend", env = "RECO_CACHE_BACKEND", value_enum, default_value_t = Backend::Memory)]
     pub backend: Backend,
+    /// Redis URL: `redis://host:port`, `rediss://` for TLS (in-transit encryption), `redis-cluster://host:port`
+    /// for cluster mode (`rediss-cluster://` for both); user and password may be given in the URL.
+    #[arg(long, env = "RECO_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+    /// Treat the URL as a cluster even with a plain scheme (ElastiCache with cluster mode enabled).
+    #[arg(long, env = "RECO_REDIS_CLUSTER")]
+    pub redis_cluster: bool,
+    /// Connections in the Redis pool.
+    #[arg(long, env = "RECO_REDIS_POOL_SIZE", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub redis_pool_size: u32,
+    /// Longest one Redis command may take before the call fails with DEADLINE_EXCEEDED, in ms.
+    #[arg(long, env = "RECO_REDIS_TIMEOUT_MS", default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
+    pub redis_timeout_ms: u64,
+    /// Longest a Redis connection attempt may take, in ms.
+    #[arg(long, env = "RECO_REDIS_CONNECT_TIMEOUT_MS", default_value_t = 500)]
+    pub redis_connect_timeout_ms: u64,
+    /// Prefix of every Redis key, so deployments can share a server.
+    #[arg(long, env = "RECO_REDIS_KEY_PREFIX", default_value = "reco")]
+    pub redis_key_prefix: String,
 }
 
 impl Default for Config {
@@ -59,6 +80,14 @@ impl Config {
 pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn CacheStore>> {
     Ok(match config.backend {
         Backend::Memory => Arc::new(MemoryCacheStore::new()),
+        Backend::Redis => Arc::new(RedisCacheStore::connect(&RedisConfig {
+            url: config.redis_url.clone(),
+            cluster: config.redis_cluster,
+            pool_size: config.redis_pool_size as usize,
+            command_timeout: Duration::from_millis(config.redis_timeout_ms),
+            connect_timeout: Duration::from_millis(config.redis_connect_timeout_ms),
+            key_prefix: config.redis_key_prefix.clone(),
+        })?),
     })
 }
 

@@ -1,0 +1,165 @@
+//! Real servers for tests. Each starts on a free port of 127.0.0.1 in its own temporary directory and is killed
+//! when dropped. Whether a missing server fails the test or skips it is the test script's call: with
+//! `RECO_REQUIRE_<NAME>=1` (set by `scripts/test.sh`) a missing binary panics; without it the test prints that it
+//! did not run and returns.
+
+use std::{
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+/// Finds `binary` on PATH, or decides what a missing one means (see the crate doc).
+pub fn require(binary: &str, flag: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(binary))
+            .find(|c| c.is_file())
+    });
+    if found.is_none() {
+        if std::env::var(flag).is_ok_and(|v| v == "1") {
+            panic!("{flag}=1 but {binary} is not on PATH: scripts/test.sh installs it");
+        }
+        eprintln!(
+            "NOT RUN: {binary} is not on PATH (scripts/test.sh installs it and sets {flag}=1)"
+        );
+    }
+    found
+}
+
+/// A free port on 127.0.0.1 (free when asked; the caller retries if it is taken by the time it binds).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until `child` says in its own log that it is ready and `addr` accepts connections. Checking the log, not
+/// only the port, matters: when two tests race for one free port, the loser's port answers, but from the winner.
+fn wait_ready(
+    addr: SocketAddr,
+    child: &mut Child,
+    log: &Path,
+    ready: &str,
+    timeout: Duration,
+) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < timeout {
+        if let Ok(Some(_)) = child.try_wait() {
+            return false;
+        }
+        let logged = std::fs::read_to_string(log).is_ok_and(|l| l.contains(ready));
+        if logged && TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// A `redis-server` of our own.
+pub struct RedisServer {
+    binary: PathBuf,
+    dir: tempfile::TempDir,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts redis-server, or returns None when it is not installed and not required.
+    pub fn start() -> Option<Self> {
+        let binary = require("redis-server", "RECO_REQUIRE_REDIS")?;
+        for _ in 0..5 {
+            let mut s = Self {
+                binary: binary.clone(),
+                dir: tempfile::tempdir().expect("temp dir"),
+                port: free_port(),
+                child: None,
+            };
+            if s.spawn() {
+                return Some(s);
+            }
+        }
+        panic!("redis-server did not start on a free port after 5 tries");
+    }
+
+    fn spawn(&mut self) -> bool {
+        let log = self.dir.path().join(format!("redis-{}.log", self.port));
+        let _ = std::fs::remove_file(&log);
+        let mut child = Command::new(&self.binary)
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &self.port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .arg("--logfile")
+            .arg(&log)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server runs");
+        let ok = wait_ready(
+            self.addr(),
+            &mut child,
+            &log,
+            "Ready to accept connections",
+            Duration::from_secs(10),
+        );
+        if ok {
+            self.child = Some(child);
+        } else {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        ok
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Kills the server (an outage); [`RedisServer::restart`] brings it back on the same port.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the server again on the same port.
+    pub fn restart(&mut self) {
+        self.stop();
+        let started = Instant::now();
+        while !self.spawn() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "redis-server did not come back on its port"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

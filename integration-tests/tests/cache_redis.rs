@@ -1,0 +1,149 @@
+//! The cache service on a real redis-server: through gRPC, through an outage, and under the gateway.
+
+use std::time::Duration;
+
+use reco_cli::platform::PlatformConfig;
+use reco_integration_tests::{TestPlatform, ask};
+use reco_proto::{
+    cache::v1::{
+        GetRecentEventsRequest, PushEventRequest, cache_service_client::CacheServiceClient,
+    },
+    common::v1::Event,
+    gateway::v1::RecommendRequest,
+};
+use reco_test_support::RedisServer;
+use tonic::Code;
+
+fn redis_config(server: &RedisServer) -> reco_cache::Config {
+    reco_cache::Config {
+        backend: reco_cache::Backend::Redis,
+        redis_url: server.url(),
+        redis_timeout_ms: 200,
+        ..Default::default()
+    }
+}
+
+fn push(user: &str) -> PushEventRequest {
+    PushEventRequest {
+        user_id: user.into(),
+        event: Some(Event {
+            item_id: "i1".into(),
+            kind: "click".into(),
+            ..Default::default()
+        }),
+        max_len: 0,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cache_service_fails_fast_while_redis_is_down_and_recovers_without_a_restart() {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(reco_cache::build(&redis_config(&redis)).unwrap().serve(
+        listener,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    reco_server::wait_serving(&addr, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let mut client = CacheServiceClient::new(reco_server::channel(&addr).unwrap());
+    assert_eq!(
+        client
+            .push_event(push("outage"))
+            .await
+            .unwrap()
+            .into_inner()
+            .length,
+        1
+    );
+
+    redis.stop();
+    for _ in 0..5 {
+        let r = tokio::time::timeout(Duration::from_secs(5), client.push_event(push("outage")))
+            .await
+            .expect("answers within the command timeout instead of hanging");
+        let code = r.unwrap_err().code();
+        assert!(
+            matches!(code, Code::Unavailable | Code::DeadlineExceeded),
+            "{code:?}"
+        );
+    }
+
+    redis.restart();
+    let mut recovered = false;
+    for _ in 0..100 {
+        if client.push_event(push("outage")).await.is_ok() {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        recovered,
+        "the same service process serves again once redis is back"
+    );
+    let events = client
+        .get_recent_events(GetRecentEventsRequest {
+            user_id: "outage".into(),
+            limit: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    assert!(!events.is_empty());
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_caches_results_and_rate_limits_through_redis() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let mut cfg = PlatformConfig {
+        cache: redis_config(&redis),
+        ..Default::default()
+    };
+    cfg.gateway.rate_limit = 5;
+    cfg.gateway.rate_window_ms = 60_000;
+    let t = TestPlatform::start_with(cfg).await;
+
+    let first = t.recommend(ask(&t.known_user)).await.unwrap();
+    assert_eq!(first.items.len(), 10);
+    assert!(!first.from_cache);
+    let mut cached = false;
+    for _ in 0..3 {
+        let r = t.recommend(ask(&t.known_user)).await.unwrap();
+        if r.from_cache {
+            cached = true;
+            assert_eq!(r.items.len(), 10);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(cached, "the answer came back from redis");
+    // 5 allowed per minute, with 1 to 4 used above.
+    let mut refused = None;
+    for _ in 0..5 {
+        if let Err(e) = t
+            .recommend(RecommendRequest {
+                bypass_cache: true,
+                ..ask(&t.known_user)
+            })
+            .await
+        {
+            refused = Some(e);
+            break;
+        }
+    }
+    let refused = refused.expect("the sixth call in a minute is refused");
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+    t.platform.shutdown().await.unwrap();
+}
