@@ -87,6 +87,10 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) -> bool {
+        self.spawn_with(&[])
+    }
+
+    fn spawn_with(&mut self, extra: &[&str]) -> bool {
         let log = self.dir.path().join(format!("redis-{}.log", self.port));
         let _ = std::fs::remove_file(&log);
         let mut child = Command::new(&self.binary)
@@ -100,6 +104,7 @@ impl RedisServer {
                 "--appendonly",
                 "no",
             ])
+            .args(extra)
             .arg("--dir")
             .arg(self.dir.path())
             .arg("--logfile")
@@ -161,5 +166,64 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A Redis cluster of `n` masters (no replicas), each a [`RedisServer`] with cluster mode on, joined and ready.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts the nodes and creates the cluster with `redis-cli --cluster create`; None when Redis is not
+    /// installed and not required.
+    pub fn start(n: usize) -> Option<Self> {
+        let binary = require("redis-server", "RECO_REQUIRE_REDIS")?;
+        let cli = require("redis-cli", "RECO_REQUIRE_REDIS")?;
+        let mut nodes = Vec::new();
+        while nodes.len() < n {
+            let mut s = RedisServer {
+                binary: binary.clone(),
+                dir: tempfile::tempdir().expect("temp dir"),
+                port: free_port(),
+                child: None,
+            };
+            let conf = s.dir.path().join("nodes.conf");
+            let conf = conf.to_str().expect("utf-8 temp path").to_string();
+            if s.spawn_with(&["--cluster-enabled", "yes", "--cluster-config-file", &conf]) {
+                nodes.push(s);
+            }
+        }
+        let addrs: Vec<String> = nodes.iter().map(|s| s.addr().to_string()).collect();
+        let out = Command::new(&cli)
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli runs");
+        assert!(out.status.success(), "cluster create failed: {}", String::from_utf8_lossy(&out.stdout));
+        // Wait until every node agrees the cluster is up.
+        let started = Instant::now();
+        for node in &nodes {
+            loop {
+                let info = Command::new(&cli)
+                    .args(["-p", &node.port.to_string(), "cluster", "info"])
+                    .output()
+                    .expect("redis-cli runs");
+                if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(started.elapsed() < Duration::from_secs(30), "the cluster did not come up");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        Some(Self { nodes })
+    }
+
+    /// A `redis-cluster://` URL naming every node.
+    pub fn url(&self) -> String {
+        let first = &self.nodes[0];
+        let rest: Vec<String> = self.nodes[1..].iter().map(|n| format!("node={}", n.addr())).collect();
+        format!("redis-cluster://{}?{}", first.addr(), rest.join("&"))
     }
 }
