@@ -118,7 +118,9 @@ async fn an_outage_fails_calls_fast_and_the_store_recovers_by_itself() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_store_passes_the_shared_suite_on_a_cluster() {
-    let Some(cluster) = reco_test_support::RedisCluster::start(3) else { return };
+    let Some(cluster) = reco_test_support::RedisCluster::start(3) else {
+        return;
+    };
     let s = RedisCacheStore::connect(&RedisConfig {
         url: cluster.url(),
         cluster: true,
@@ -132,9 +134,16 @@ async fn redis_store_passes_the_shared_suite_on_a_cluster() {
     suite::run_all(&s, "cluster").await;
     for i in 0..30 {
         let u = UserId::parse("u", format!("spread-{i}")).unwrap();
-        let items: Vec<_> = (0..5).map(|n| reco_types::ItemId::parse("i", format!("i{n}")).unwrap()).collect();
-        s.record_impressions(&u, &items, reco_types::now_ms()).await.unwrap();
-        let capped = s.filter_capped(&u, &items, 1, Duration::from_secs(60)).await.unwrap();
+        let items: Vec<_> = (0..5)
+            .map(|n| reco_types::ItemId::parse("i", format!("i{n}")).unwrap())
+            .collect();
+        s.record_impressions(&u, &items, reco_types::now_ms())
+            .await
+            .unwrap();
+        let capped = s
+            .filter_capped(&u, &items, 1, Duration::from_secs(60))
+            .await
+            .unwrap();
         assert_eq!(capped.len(), 5);
     }
 }

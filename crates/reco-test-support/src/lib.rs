@@ -201,7 +201,11 @@ impl RedisCluster {
             .args(["--cluster-replicas", "0", "--cluster-yes"])
             .output()
             .expect("redis-cli runs");
-        assert!(out.status.success(), "cluster create failed: {}", String::from_utf8_lossy(&out.stdout));
+        assert!(
+            out.status.success(),
+            "cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
         // Wait until every node agrees the cluster is up.
         let started = Instant::now();
         for node in &nodes {
@@ -213,7 +217,10 @@ impl RedisCluster {
                 if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
                     break;
                 }
-                assert!(started.elapsed() < Duration::from_secs(30), "the cluster did not come up");
+                assert!(
+                    started.elapsed() < Duration::from_secs(30),
+                    "the cluster did not come up"
+                );
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
@@ -223,7 +230,10 @@ impl RedisCluster {
     /// A `redis-cluster://` URL naming every node.
     pub fn url(&self) -> String {
         let first = &self.nodes[0];
-        let rest: Vec<String> = self.nodes[1..].iter().map(|n| format!("node={}", n.addr())).collect();
+        let rest: Vec<String> = self.nodes[1..]
+            .iter()
+            .map(|n| format!("node={}", n.addr()))
+            .collect();
         format!("redis-cluster://{}?{}", first.addr(), rest.join("&"))
     }
 }

@@ -1,0 +1,244 @@
+//! What the cache service adds on top of Redis, measured in one run on one redis-server:
+//!
+//! ```text
+//!   redis-benchmark GET            C client -> redis                     (the floor)
+//!   store HGET                     fred pool -> redis (+ JSON decode)    (what the backend adds)
+//!   gRPC GetRecommendations        tonic client -> cache service -> fred -> redis   (what a caller sees)
+//! ```
+//!
+//! One request in flight at a time (like `redis-benchmark -c 1`), so the figures are latencies, not throughput.
+//! Run: `cargo bench -p reco-cache --bench get_vs_redis` (needs redis-server and redis-benchmark on PATH).
+//! `RECO_BENCH_N` sets the number of measured calls (default 20000).
+
+use std::{process::Command, time::Duration, time::Instant};
+
+use hdrhistogram::Histogram;
+use reco_cache_store::{CacheStore, RedisCacheStore, RedisConfig};
+use reco_proto::{
+    cache::v1::{
+        GetRecommendationsRequest, PutRecommendationsRequest,
+        cache_service_client::CacheServiceClient,
+    },
+    common::v1::{Candidate, SourceHit},
+};
+use reco_test_support::RedisServer;
+use reco_types::{Scene, UserId};
+
+struct Row {
+    name: &'static str,
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    p999: f64,
+    max: f64,
+}
+
+fn row(name: &'static str, h: &Histogram<u64>) -> Row {
+    let us = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    Row {
+        name,
+        p50: us(0.5),
+        p90: us(0.9),
+        p99: us(0.99),
+        p999: us(0.999),
+        max: h.max() as f64 / 1000.0,
+    }
+}
+
+fn hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 10_000_000_000, 3).expect("valid bounds")
+}
+
+/// redis-benchmark's GET row: (p50, p99) in µs. It reports only p50, p95, p99 and max.
+fn redis_benchmark(port: u16, n: usize) -> (f64, f64, f64) {
+    let out = Command::new("redis-benchmark")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-c",
+            "1",
+            "-n",
+            &n.to_string(),
+            "-t",
+            "set,get",
+            "--csv",
+        ])
+        .output()
+        .expect("redis-benchmark runs (Debian's redis-tools)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let get = text
+        .lines()
+        .find(|l| l.starts_with("\"GET\""))
+        .unwrap_or_else(|| panic!("no GET row in redis-benchmark output:\n{text}"));
+    let f: Vec<f64> = get
+        .split(',')
+        .skip(1)
+        .map(|c| c.trim_matches('"').parse().expect("a number"))
+        .collect();
+    // rps, avg, min, p50, p95, p99, max (ms)
+    (f[3] * 1000.0, f[5] * 1000.0, f[6] * 1000.0)
+}
+
+fn main() {
+    let n: usize = std::env::var("RECO_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let redis = RedisServer::start().expect("redis-server on PATH");
+    let port = redis.addr().port();
+
+    // The service on its own runtime, as in its own process; the client on another thread.
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let cfg = reco_cache::Config {
+        backend: reco_cache::Backend::Redis,
+        redis_url: redis.url(),
+        redis_timeout_ms: 1000,
+        ..Default::default()
+    };
+    let listener = server_rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let server = server_rt.block_on(async { reco_cache::build(&cfg).unwrap() });
+    server_rt.spawn(server.serve(listener, std::future::pending()));
+
+    let client_rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (grpc, store, transport) = client_rt.block_on(async {
+        reco_server::wait_serving(&addr, Duration::from_secs(10))
+            .await
+            .unwrap();
+        let mut client = CacheServiceClient::new(reco_server::channel(&addr).unwrap());
+        let items = (0..10)
+            .map(|i| Candidate {
+                item_id: format!("item-{i}"),
+                score: 1.0 / (i as f32 + 1.0),
+                sources: vec![SourceHit {
+                    source: "cf".into(),
+                    rank: i,
+                    score: 0.5,
+                }],
+            })
+            .collect();
+        client
+            .put_recommendations(PutRecommendationsRequest {
+                user_id: "bench-user".into(),
+                scene: "home".into(),
+                items,
+                ttl_ms: 3_600_000,
+            })
+            .await
+            .unwrap();
+        let req = || GetRecommendationsRequest {
+            user_id: "bench-user".into(),
+            scene: "home".into(),
+        };
+        for _ in 0..2000 {
+            assert!(
+                client
+                    .get_recommendations(req())
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .found
+            );
+        }
+        // The transport alone: a health check does no work, so it is the gRPC round trip's floor.
+        let mut health = tonic_health::pb::health_client::HealthClient::new(
+            reco_server::channel(&addr).unwrap(),
+        );
+        let hreq = || tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        };
+        for _ in 0..2000 {
+            health.check(hreq()).await.unwrap();
+        }
+        let mut transport = hist();
+        for _ in 0..n {
+            let t = Instant::now();
+            health.check(hreq()).await.unwrap();
+            transport.record(t.elapsed().as_nanos() as u64).unwrap();
+        }
+        let mut grpc = hist();
+        for _ in 0..n {
+            let t = Instant::now();
+            let r = client.get_recommendations(req()).await.unwrap();
+            grpc.record(t.elapsed().as_nanos() as u64).unwrap();
+            assert!(r.get_ref().found);
+        }
+
+        // The backend alone, in the client's process: fred + HGET + JSON decode.
+        let store = RedisCacheStore::connect(&RedisConfig {
+            url: redis.url(),
+            pool_size: 1,
+            command_timeout: Duration::from_secs(1),
+            ..Default::default()
+        })
+        .unwrap();
+        let (u, s) = (
+            UserId::parse("u", "bench-user").unwrap(),
+            Scene::parse("s", "home").unwrap(),
+        );
+        while store.ping().await.is_err() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        for _ in 0..2000 {
+            let _ = store.get_result(&u, &s).await;
+        }
+        let mut direct = hist();
+        for _ in 0..n {
+            let t = Instant::now();
+            let r = store.get_result(&u, &s).await.unwrap();
+            direct.record(t.elapsed().as_nanos() as u64).unwrap();
+            assert!(r.is_some());
+        }
+        (grpc, direct, transport)
+    });
+
+    let (rb_p50, rb_p95, rb_p99) = redis_benchmark(port, n);
+    let rows = [
+        row("gRPC GetRecommendations", &grpc),
+        row("store get_result (fred)", &store),
+        row("gRPC health check", &transport),
+    ];
+    println!("cache get latency, {n} sequential calls each, one redis-server (µs):");
+    println!(
+        "  {:<26} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "", "p50", "p90", "p99", "p99.9", "max"
+    );
+    for r in &rows {
+        println!(
+            "  {:<26} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1}",
+            r.name, r.p50, r.p90, r.p99, r.p999, r.max
+        );
+    }
+    println!(
+        "  {:<26} {:>8.1} {:>8} {:>8.1}   (p95 {rb_p95:.1}; redis-benchmark reports no p90/p99.9)",
+        "redis-benchmark GET", rb_p50, "-", rb_p99
+    );
+    let added = rows[0].p99 - rb_p99;
+    println!(
+        "added over redis-benchmark: p50 {:.1} µs, p99 {added:.1} µs (target < 150 µs at p99)",
+        rows[0].p50 - rb_p50
+    );
+    println!(
+        "added over the backend's own round trip: p50 {:.1} µs, p99 {:.1} µs; of which the bare gRPC round trip: p50 {:.1}, p99 {:.1}",
+        rows[0].p50 - rows[1].p50,
+        rows[0].p99 - rows[1].p99,
+        rows[2].p50,
+        rows[2].p99
+    );
+    println!(
+        "{{\"bench\":\"cache_get_vs_redis\",\"n\":{n},\"grpc_p50_us\":{:.1},\"grpc_p99_us\":{:.1},\"store_p99_us\":{:.1},\"redis_benchmark_p50_us\":{rb_p50:.1},\"redis_benchmark_p99_us\":{rb_p99:.1},\"added_p99_us\":{added:.1}}}",
+        rows[0].p50, rows[0].p99, rows[1].p99
+    );
+    drop(server_rt);
+}
