@@ -14,7 +14,12 @@
 //! Every multi-step operation is one Lua script, so it is atomic and one round trip. Scripts run by EVALSHA and
 //! fall back to EVAL on NOSCRIPT (a restarted or failed-over server forgets them).
 
-use std::{fmt, time::Duration};
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use async_trait::async_trait;
 use fred::{prelude::*, types::scripts::Script};
@@ -45,6 +50,8 @@ pub struct RedisConfig {
     pub connect_timeout: Duration,
     /// Prefix of every key, so several deployments can share a server.
     pub key_prefix: String,
+    /// With a `rediss://` URL: trust only this CA (PEM) instead of the system's roots (a private CA, a test server).
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 impl Default for RedisConfig {
@@ -56,6 +63,7 @@ impl Default for RedisConfig {
             command_timeout: Duration::from_millis(50),
             connect_timeout: Duration::from_millis(500),
             key_prefix: "reco".into(),
+            tls_ca_file: None,
         }
     }
 }
@@ -224,6 +232,15 @@ impl RedisCacheStore {
         };
         // Keep retrying a first connection that fails, as later ones do, instead of giving up.
         config.fail_fast = false;
+        if let Some(ca) = &cfg.tls_ca_file {
+            if config.tls.is_none() {
+                return Err(CacheStoreError::Unavailable(format!(
+                    "a TLS CA file is set but {:?} is not a rediss:// URL",
+                    cfg.url
+                )));
+            }
+            config.tls = Some(tls_trusting(ca)?.into());
+        }
         let timeout = cfg.command_timeout;
         let pool = Builder::from_config(config)
             .with_connection_config(|c| {
@@ -297,6 +314,30 @@ impl RedisCacheStore {
             Err(_) => Err(CacheStoreError::Timeout(self.timeout)),
         }
     }
+}
+
+/// A rustls client that trusts only the CA certificates in `ca` (PEM). The crypto provider is named rather than
+/// taken from the process default, which is ambiguous once several are linked in.
+fn tls_trusting(ca: &Path) -> Result<TlsConnector> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let bad =
+        |e: String| CacheStoreError::Unavailable(format!("TLS CA file {}: {e}", ca.display()));
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).map_err(|e| bad(e.to_string()))? {
+        roots
+            .add(cert.map_err(|e| bad(e.to_string()))?)
+            .map_err(|e| bad(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(bad("holds no certificate".into()));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(TlsConnector::from(client))
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(what: &str, s: &str) -> Result<T> {

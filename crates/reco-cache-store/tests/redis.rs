@@ -147,3 +147,41 @@ async fn redis_store_passes_the_shared_suite_on_a_cluster() {
         assert_eq!(capped.len(), 5);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_store_passes_the_shared_suite_over_tls() {
+    let Some(server) = RedisServer::start_tls() else {
+        return;
+    };
+    let ca = server.ca_file().unwrap().to_path_buf();
+    let s = RedisCacheStore::connect(&RedisConfig {
+        url: server.url(),
+        command_timeout: Duration::from_millis(500),
+        key_prefix: "tls".into(),
+        tls_ca_file: Some(ca.clone()),
+        ..Default::default()
+    })
+    .unwrap();
+    until_ready(&s).await;
+    suite::run_all(&s, "tls").await;
+
+    // Without trusting the server's CA (system roots only) the handshake fails: encryption is real, not optional.
+    let untrusted = RedisCacheStore::connect(&RedisConfig {
+        url: server.url(),
+        command_timeout: Duration::from_millis(200),
+        ..Default::default()
+    })
+    .unwrap();
+    for _ in 0..5 {
+        assert!(untrusted.ping().await.is_err());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // And a CA file with a plain redis:// URL is a configuration error, said at once.
+    let err = RedisCacheStore::connect(&RedisConfig {
+        url: "redis://127.0.0.1:1".into(),
+        tls_ca_file: Some(ca),
+        ..Default::default()
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("rediss://"), "{err}");
+}

@@ -66,6 +66,8 @@ pub struct RedisServer {
     dir: tempfile::TempDir,
     port: u16,
     child: Option<Child>,
+    /// With TLS: the CA that signed the server's certificate.
+    ca: Option<PathBuf>,
 }
 
 impl RedisServer {
@@ -78,6 +80,7 @@ impl RedisServer {
                 dir: tempfile::tempdir().expect("temp dir"),
                 port: free_port(),
                 child: None,
+                ca: None,
             };
             if s.spawn() {
                 return Some(s);
@@ -86,8 +89,63 @@ impl RedisServer {
         panic!("redis-server did not start on a free port after 5 tries");
     }
 
+    /// Starts redis-server speaking only TLS, with a certificate for `localhost` and 127.0.0.1 signed by a CA made
+    /// for it ([`RedisServer::ca_file`]); None when redis-server or openssl is missing and not required.
+    pub fn start_tls() -> Option<Self> {
+        let binary = require("redis-server", "RECO_REQUIRE_REDIS")?;
+        let openssl = require("openssl", "RECO_REQUIRE_REDIS")?;
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().expect("temp dir");
+            make_certs(&openssl, dir.path());
+            let mut s = Self {
+                binary: binary.clone(),
+                ca: Some(dir.path().join("ca.crt")),
+                dir,
+                port: free_port(),
+                child: None,
+            };
+            if s.spawn() {
+                return Some(s);
+            }
+        }
+        panic!("redis-server (TLS) did not start on a free port after 5 tries");
+    }
+
+    /// The CA certificate (PEM) of a TLS server.
+    pub fn ca_file(&self) -> Option<&Path> {
+        self.ca.as_deref()
+    }
+
     fn spawn(&mut self) -> bool {
-        self.spawn_with(&[])
+        if self.ca.is_none() {
+            return self.spawn_with(&[]);
+        }
+        let d = self
+            .dir
+            .path()
+            .to_str()
+            .expect("utf-8 temp path")
+            .to_string();
+        let (cert, key, ca) = (
+            format!("{d}/server.crt"),
+            format!("{d}/server.key"),
+            format!("{d}/ca.crt"),
+        );
+        let port = self.port.to_string();
+        self.spawn_with(&[
+            "--port",
+            "0",
+            "--tls-port",
+            &port,
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--tls-ca-cert-file",
+            &ca,
+            "--tls-auth-clients",
+            "no",
+        ])
     }
 
     fn spawn_with(&mut self, extra: &[&str]) -> bool {
@@ -133,8 +191,12 @@ impl RedisServer {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 
+    /// `redis://127.0.0.1:PORT`, or `rediss://localhost:PORT` for a TLS server (the name its certificate holds).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match self.ca {
+            None => format!("redis://127.0.0.1:{}", self.port),
+            Some(_) => format!("rediss://localhost:{}", self.port),
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -169,6 +231,71 @@ impl Drop for RedisServer {
     }
 }
 
+/// A CA and a server certificate for localhost / 127.0.0.1 signed by it, in `dir`, valid for a day.
+fn make_certs(openssl: &Path, dir: &Path) {
+    let run = |args: &[&str]| {
+        let out = Command::new(openssl)
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl runs");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "basicConstraints=CA:FALSE\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .expect("write ext.cnf");
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=reco test CA",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "1",
+        "-extfile",
+        "ext.cnf",
+    ]);
+}
+
 /// A Redis cluster of `n` masters (no replicas), each a [`RedisServer`] with cluster mode on, joined and ready.
 pub struct RedisCluster {
     pub nodes: Vec<RedisServer>,
@@ -187,6 +314,7 @@ impl RedisCluster {
                 dir: tempfile::tempdir().expect("temp dir"),
                 port: free_port(),
                 child: None,
+                ca: None,
             };
             let conf = s.dir.path().join("nodes.conf");
             let conf = conf.to_str().expect("utf-8 temp path").to_string();

@@ -60,6 +60,9 @@ pub struct Config {
     /// Prefix of every Redis key, so deployments can share a server.
     #[arg(long, env = "RECO_REDIS_KEY_PREFIX", default_value = "reco")]
     pub redis_key_prefix: String,
+    /// With a `rediss://` URL, trust only this CA (PEM) instead of the system roots.
+    #[arg(long, env = "RECO_REDIS_TLS_CA_FILE")]
+    pub redis_tls_ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for Config {
@@ -87,6 +90,7 @@ pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn CacheStore>> {
             command_timeout: Duration::from_millis(config.redis_timeout_ms),
             connect_timeout: Duration::from_millis(config.redis_connect_timeout_ms),
             key_prefix: config.redis_key_prefix.clone(),
+            tls_ca_file: config.redis_tls_ca_file.clone(),
         })?),
     })
 }
