@@ -15,7 +15,7 @@ use reco_types::{
     Candidate, Embedding, Event, FeatureValue, Features, Item, ItemId, Name, User, UserId,
 };
 
-use crate::{DIMENSION, Interactions};
+use crate::{DIMENSION, Dataset};
 
 /// Neighbours kept per item for CF.
 const ITEM_NEIGHBOURS: usize = 50;
@@ -43,14 +43,6 @@ pub struct Snapshot {
     pub item_tags: Vec<(ItemId, Name)>,
 }
 
-fn uid(s: &str) -> UserId {
-    UserId::parse("user_id", s).expect("generated ids are valid")
-}
-
-fn iid(s: &str) -> ItemId {
-    ItemId::parse("item_id", s).expect("generated ids are valid")
-}
-
 fn normalise(v: &mut [f32]) {
     let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
     if n > 0.0 {
@@ -58,19 +50,29 @@ fn normalise(v: &mut [f32]) {
     }
 }
 
+/// Names that pass validation; a dataset's odd category or tag is left out rather than failing the derivation.
+fn names<'a>(values: impl IntoIterator<Item = &'a String>) -> Vec<Name> {
+    values
+        .into_iter()
+        .filter_map(|v| Name::parse("name", v).ok())
+        .collect()
+}
+
 /// Derives the snapshot; `seed` fixes the random projection.
-pub fn derive(data: &Interactions, seed: u64) -> Snapshot {
-    let n_users = data.user_ids.len();
-    let n_items = data.item_ids.len();
+pub fn derive(data: &Dataset, seed: u64) -> Snapshot {
+    let n_users = data.users.len();
+    let n_items = data.items.len();
     let cf = Name::parse("source", "cf").expect("valid");
     let popular_name = Name::parse("source", "popular").expect("valid");
+    let uid = |u: usize| UserId::parse("user_id", &data.users[u].id).expect("readers validate ids");
+    let iid = |i: usize| ItemId::parse("item_id", &data.items[i].id).expect("readers validate ids");
 
     // Per-user and per-item histories (events are in time order).
     let mut by_user: Vec<Vec<(usize, f32, i64)>> = vec![Vec::new(); n_users];
     let mut by_item: Vec<Vec<(usize, f32)>> = vec![Vec::new(); n_items];
     for e in &data.events {
-        by_user[e.user].push((e.item, e.rating, e.timestamp_ms));
-        by_item[e.item].push((e.user, e.rating));
+        by_user[e.user].push((e.item, e.weight, e.timestamp_ms));
+        by_item[e.item].push((e.user, e.weight));
     }
 
     // Embeddings by random projection.
@@ -97,6 +99,7 @@ pub fn derive(data: &Interactions, seed: u64) -> Snapshot {
     // Items.
     let items: Vec<Item> = (0..n_items)
         .map(|i| {
+            let rec = &data.items[i];
             let audience = &by_item[i];
             let mut f = Features::new();
             f.insert("popularity", FeatureValue::Int(audience.len() as i64));
@@ -106,11 +109,27 @@ pub fn derive(data: &Interactions, seed: u64) -> Snapshot {
                 audience.iter().map(|(_, r)| *r as f64).sum::<f64>() / audience.len() as f64
             };
             f.insert("avg_rating", FeatureValue::Float(avg));
-            let category = &data.category_names[data.item_category[i]];
-            f.insert("category", FeatureValue::Str(category.clone()));
+            let categories = names(&rec.categories);
+            if let Some(c) = categories.first() {
+                f.insert("category", FeatureValue::Str(c.to_string()));
+            }
+            if let Some(t) = rec
+                .title
+                .as_ref()
+                .filter(|t| t.len() <= reco_types::MAX_STRING_VALUE_BYTES)
+            {
+                f.insert("title", FeatureValue::Str(t.clone()));
+            }
+            let tags: Vec<String> = names(rec.tags.iter().take(10))
+                .into_iter()
+                .map(String::from)
+                .collect();
+            if !tags.is_empty() {
+                f.insert("tags", FeatureValue::StringList(tags));
+            }
             Item {
-                item_id: iid(&data.item_ids[i]),
-                categories: vec![Name::parse("category", category).expect("valid")],
+                item_id: iid(i),
+                categories,
                 features: f,
                 embedding: item_emb[i]
                     .clone()
@@ -122,6 +141,7 @@ pub fn derive(data: &Interactions, seed: u64) -> Snapshot {
     // Users.
     let users: Vec<User> = (0..n_users)
         .map(|u| {
+            let rec = &data.users[u];
             let hist = &by_user[u];
             let mut f = Features::new();
             f.insert("n_interactions", FeatureValue::Int(hist.len() as i64));
@@ -131,23 +151,31 @@ pub fn derive(data: &Interactions, seed: u64) -> Snapshot {
                 hist.iter().map(|(_, r, _)| *r as f64).sum::<f64>() / hist.len() as f64
             };
             f.insert("avg_rating", FeatureValue::Float(avg));
-            let mut cats: HashMap<usize, usize> = HashMap::new();
+            let mut cats: HashMap<&str, usize> = HashMap::new();
             for (i, _, _) in hist {
-                *cats.entry(data.item_category[*i]).or_default() += 1;
+                for c in &items[*i].categories {
+                    *cats.entry(c.as_str()).or_default() += 1;
+                }
             }
             let mut cats: Vec<_> = cats.into_iter().collect();
-            cats.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-            let top: Vec<String> = cats
-                .iter()
-                .take(3)
-                .map(|(c, _)| data.category_names[*c].clone())
-                .collect();
+            cats.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+            let top: Vec<String> = cats.iter().take(3).map(|(c, _)| c.to_string()).collect();
             f.insert("top_categories", FeatureValue::StringList(top));
-            if let Some(last) = hist.last() {
-                f.insert("last_active_ms", FeatureValue::Int(last.2));
+            if let Some(last) = hist.iter().map(|h| h.2).max().filter(|t| *t > 0) {
+                f.insert("last_active_ms", FeatureValue::Int(last));
             }
-            f.insert("age", FeatureValue::Int(data.user_age[u] as i64));
-            f.insert("country", FeatureValue::Str(data.user_country[u].clone()));
+            if let Some(age) = rec.age {
+                f.insert("age", FeatureValue::Int(age as i64));
+            }
+            for (name, value) in [
+                ("gender", &rec.gender),
+                ("occupation", &rec.occupation),
+                ("location", &rec.location),
+            ] {
+                if let Some(v) = value.as_ref().filter(|v| !v.is_empty() && v.len() <= 1024) {
+                    f.insert(name, FeatureValue::Str(v.clone()));
+                }
+            }
 
             let mut v = vec![0f32; DIMENSION];
             for (i, r, _) in hist {
@@ -162,7 +190,7 @@ pub fn derive(data: &Interactions, seed: u64) -> Snapshot {
                 Embedding::parse("embedding", v).ok()
             };
             User {
-                user_id: uid(&data.user_ids[u]),
+                user_id: uid(u),
                 features: f,
                 embedding,
             }
@@ -216,11 +244,9 @@ pub fn derive(data: &Interactions, seed: u64) -> Snapshot {
             let list = v
                 .into_iter()
                 .enumerate()
-                .map(|(rank, (j, s))| {
-                    Candidate::from_source(iid(&data.item_ids[j as usize]), &cf, rank as u32, s)
-                })
+                .map(|(rank, (j, s))| Candidate::from_source(iid(j as usize), &cf, rank as u32, s))
                 .collect();
-            Some((uid(&data.user_ids[u]), list))
+            Some((uid(u), list))
         })
         .collect();
 
@@ -235,12 +261,10 @@ pub fn derive(data: &Interactions, seed: u64) -> Snapshot {
         .filter(|(_, n)| *n > 0)
         .take(POPULAR)
         .enumerate()
-        .map(|(rank, (i, n))| {
-            Candidate::from_source(iid(&data.item_ids[i]), &popular_name, rank as u32, n as f32)
-        })
+        .map(|(rank, (i, n))| Candidate::from_source(iid(i), &popular_name, rank as u32, n as f32))
         .collect();
 
-    let click = Name::parse("kind", "rating").expect("valid");
+    let click = Name::parse("kind", "interaction").expect("valid");
     let sequences = (0..n_users)
         .filter(|u| !by_user[*u].is_empty())
         .map(|u| {
@@ -248,13 +272,13 @@ pub fn derive(data: &Interactions, seed: u64) -> Snapshot {
             let events = hist[hist.len().saturating_sub(SEQUENCE)..]
                 .iter()
                 .map(|(i, r, t)| Event {
-                    item_id: iid(&data.item_ids[*i]),
+                    item_id: iid(*i),
                     kind: click.clone(),
                     timestamp_ms: *t,
                     weight: *r,
                 })
                 .collect();
-            (uid(&data.user_ids[u]), events)
+            (uid(u), events)
         })
         .collect();
 
@@ -266,18 +290,12 @@ pub fn derive(data: &Interactions, seed: u64) -> Snapshot {
         follows: data
             .follows
             .iter()
-            .map(|(a, b)| (uid(&data.user_ids[*a]), uid(&data.user_ids[*b])))
+            .map(|(a, b)| (uid(*a), uid(*b)))
             .collect(),
         engagements: data
             .events
             .iter()
-            .map(|e| {
-                (
-                    uid(&data.user_ids[e.user]),
-                    iid(&data.item_ids[e.item]),
-                    e.rating,
-                )
-            })
+            .map(|e| (uid(e.user), iid(e.item), e.weight))
             .collect(),
         item_tags: items
             .iter()

@@ -4,6 +4,8 @@
 use rand::{Rng, SeedableRng, rngs::StdRng, seq::IndexedRandom};
 use rand_distr::{Distribution, LogNormal, Zipf};
 
+use crate::{Dataset, DatasetBuilder, Interaction};
+
 /// What to generate.
 #[derive(Clone, Debug)]
 pub struct GenConfig {
@@ -30,48 +32,31 @@ impl Default for GenConfig {
     }
 }
 
-/// One user acting on one item.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Interaction {
-    pub user: usize,
-    pub item: usize,
-    /// 0.5 to 5.0.
-    pub rating: f32,
-    pub timestamp_ms: i64,
-}
-
-/// Generated raw data: what an offline warehouse would hold.
-#[derive(Clone, Debug)]
-pub struct Interactions {
-    pub user_ids: Vec<String>,
-    pub item_ids: Vec<String>,
-    pub category_names: Vec<String>,
-    /// Per item, its category index.
-    pub item_category: Vec<usize>,
-    /// Per user: age and country, like real demographics.
-    pub user_age: Vec<u32>,
-    pub user_country: Vec<String>,
-    /// In time order.
-    pub events: Vec<Interaction>,
-    /// (follower, followee).
-    pub follows: Vec<(usize, usize)>,
-}
-
 const COUNTRIES: &[&str] = &["fr", "de", "us", "br", "in", "jp", "ng", "gb"];
-/// 90 days before the epoch the data ends at, in ms.
+/// The data spans the 90 days before this instant (ms).
 const SPAN_MS: i64 = 90 * 24 * 3600 * 1000;
 const END_MS: i64 = 1_780_000_000_000;
 
-/// Generates interactions for `cfg`; deterministic for a given seed.
-pub fn generate(cfg: &GenConfig) -> Interactions {
+/// Generates a dataset for `cfg`; deterministic for a given seed.
+pub fn generate(cfg: &GenConfig) -> Dataset {
     let mut rng = StdRng::seed_from_u64(cfg.seed);
     let categories = cfg.categories.max(1);
-    let category_names: Vec<String> = (0..categories).map(|c| format!("cat{c:02}")).collect();
+    let mut b = DatasetBuilder::new(&format!("generated(seed={})", cfg.seed));
+    for u in 0..cfg.users {
+        let i = b.user(&format!("u{u}"));
+        b.data.users[i].age = Some(rng.random_range(16..70));
+        b.data.users[i].location = Some(COUNTRIES.choose(&mut rng).unwrap().to_string());
+    }
 
-    // Items: a category each, and a popularity rank (Zipf over a random permutation).
+    // Items: a category each, and a popularity rank (Zipf over item index).
     let item_category: Vec<usize> = (0..cfg.items)
         .map(|_| rng.random_range(0..categories))
         .collect();
+    for (n, c) in item_category.iter().enumerate() {
+        let i = b.item(&format!("i{n}"));
+        b.data.items[i].categories = vec![format!("cat{c:02}")];
+        b.data.items[i].title = Some(format!("Item {n}"));
+    }
     let zipf = Zipf::new(cfg.items.max(1) as f64, 1.05).expect("valid zipf");
     let mut by_category: Vec<Vec<usize>> = vec![Vec::new(); categories];
     for (i, c) in item_category.iter().enumerate() {
@@ -88,79 +73,60 @@ pub fn generate(cfg: &GenConfig) -> Interactions {
     let activity =
         LogNormal::new(cfg.mean_interactions.max(1.0).ln() - 0.5, 1.0).expect("valid lognormal");
 
-    let mut events = Vec::new();
     for (u, taste) in tastes.iter().enumerate() {
         let n = (activity.sample(&mut rng) as usize).clamp(3, cfg.items.max(3));
-        let start = END_MS - SPAN_MS + rng.random_range(0..SPAN_MS / 2);
-        let mut t = start;
+        let mut t = END_MS - SPAN_MS + rng.random_range(0..SPAN_MS / 2);
         let mut seen = std::collections::HashSet::new();
         for _ in 0..n {
             // Mostly within taste, by popularity inside the category; sometimes anything popular.
             let item = if rng.random_bool(0.75) {
-                let cat = taste[rng.random_range(0..taste.len())];
-                let pool = &by_category[cat];
+                let pool = &by_category[taste[rng.random_range(0..taste.len())]];
                 if pool.is_empty() {
                     continue;
                 }
-                let r = (zipf.sample(&mut rng) as usize - 1) % pool.len();
-                pool[r]
+                pool[(zipf.sample(&mut rng) as usize - 1) % pool.len()]
             } else {
                 zipf.sample(&mut rng) as usize - 1
             };
             if !seen.insert(item) {
                 continue;
             }
-            let liked = taste.contains(&item_category[item]);
-            let base: f32 = if liked { 4.0 } else { 2.5 };
+            let base: f32 = if taste.contains(&item_category[item]) {
+                4.0
+            } else {
+                2.5
+            };
             let rating = (base + rng.random_range(-1.5f32..1.0)).clamp(0.5, 5.0);
             t += rng.random_range(60_000..(SPAN_MS / (2 * n as i64)).max(60_001));
-            events.push(Interaction {
+            b.data.events.push(Interaction {
                 user: u,
                 item,
-                rating: (rating * 2.0).round() / 2.0,
+                weight: (rating * 2.0).round() / 2.0,
                 timestamp_ms: t.min(END_MS),
             });
         }
     }
-    events.sort_by_key(|e| (e.timestamp_ms, e.user, e.item));
 
     // Follows: mostly within the community (first favourite category).
     let mut community: Vec<Vec<usize>> = vec![Vec::new(); categories];
     for (u, taste) in tastes.iter().enumerate() {
         community[taste[0]].push(u);
     }
-    let mut follows = Vec::new();
     let all: Vec<usize> = (0..cfg.users).collect();
     for (u, taste) in tastes.iter().enumerate() {
         let n = rng.random_range(0..=(cfg.mean_follows * 2.0) as usize);
-        let mut mine = std::collections::HashSet::new();
         for _ in 0..n {
             let pool = if rng.random_bool(0.8) {
                 &community[taste[0]]
             } else {
                 &all
             };
-            if let Some(&v) = pool.choose(&mut rng)
-                && v != u
-                && mine.insert(v)
-            {
-                follows.push((u, v));
+            if let Some(&v) = pool.choose(&mut rng) {
+                b.data.follows.push((u, v));
             }
         }
     }
-
-    Interactions {
-        user_ids: (0..cfg.users).map(|u| format!("u{u}")).collect(),
-        item_ids: (0..cfg.items).map(|i| format!("i{i}")).collect(),
-        category_names,
-        item_category,
-        user_age: (0..cfg.users).map(|_| rng.random_range(16..70)).collect(),
-        user_country: (0..cfg.users)
-            .map(|_| COUNTRIES.choose(&mut rng).unwrap().to_string())
-            .collect(),
-        events,
-        follows,
-    }
+    b.finish()
 }
 
 #[cfg(test)]
@@ -201,6 +167,6 @@ mod tests {
                 .windows(2)
                 .all(|w| w[0].timestamp_ms <= w[1].timestamp_ms)
         );
-        assert!(!a.follows.is_empty());
+        assert!(!a.follows.is_empty() && a.follows.iter().all(|(x, y)| x != y));
     }
 }

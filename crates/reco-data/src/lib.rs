@@ -2,18 +2,20 @@
 //! derivation of everything the online stores serve from them, as the offline side of a deployment would.
 //!
 //! ```text
-//!   generate(seed) ─▶ Interactions { users, items, events, follows }
+//!   generate(seed) ─▶ Dataset { users, items, events, follows }
 //!                          │ derive()
 //!                          ▼
 //!   Snapshot { user features + embeddings, item features + embeddings, CF pools, popular list,
 //!              recent sequences, graph edges }
 //! ```
 
+mod dataset;
 mod derive;
 mod generate;
 
+pub use dataset::{Dataset, DatasetBuilder, Interaction, ItemRecord, UserRecord};
 pub use derive::{Snapshot, derive};
-pub use generate::{GenConfig, Interaction, Interactions, generate};
+pub use generate::{GenConfig, generate};
 
 /// Dimension of the embeddings the derivation produces.
 pub const DIMENSION: usize = 64;
