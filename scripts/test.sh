@@ -32,6 +32,13 @@ fi
 export RECO_REQUIRE_REDIS=1
 redis-server --version
 export RECO_REQUIRE_GRPCURL=1
+
+# The real datasets live beside the project, never in it; tests that read them run when they are there.
+if [ -d ../shared/datasets ]; then
+  export RECO_DATASETS="$(cd ../shared/datasets && pwd)"
+else
+  echo "NOTE: ../shared/datasets is absent: the tests on real datasets will say NOT RUN"
+fi
 "$RECO_GRPCURL" -version
 
 echo "== cargo fmt --check"

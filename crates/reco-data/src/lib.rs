@@ -12,6 +12,7 @@
 mod dataset;
 mod derive;
 mod generate;
+pub mod read;
 
 pub use dataset::{Dataset, DatasetBuilder, Interaction, ItemRecord, UserRecord};
 pub use derive::{Snapshot, derive};
