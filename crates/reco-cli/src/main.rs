@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use reco_cli::{
+    dataset::DataArgs,
     load,
     platform::{Platform, PlatformConfig},
     show,
@@ -26,6 +27,60 @@ enum Command {
     Up(UpArgs),
     /// Ask a running gateway for a user's recommendations.
     Recommend(RecommendArgs),
+    /// Hold out each user's latest interactions, load the rest into a platform of its own, and score its
+    /// recommendations (HitRate, NDCG, Recall at 10) beside a popularity baseline.
+    Eval(EvalArgs),
+}
+
+#[derive(clap::Args)]
+struct EvalArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Share of each user's interactions held out (their latest).
+    #[arg(long, default_value_t = 0.2)]
+    holdout: f64,
+    /// Most held-out interactions per user.
+    #[arg(long, default_value_t = 10)]
+    max_holdout: usize,
+    /// Evaluate at most this many users (the first by id order of appearance).
+    #[arg(long, default_value_t = usize::MAX)]
+    max_users: usize,
+    /// Also print the figures as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+async fn eval(args: EvalArgs) -> anyhow::Result<()> {
+    use reco_cli::eval;
+    anyhow::ensure!(
+        (0.0..1.0).contains(&args.holdout) && args.holdout > 0.0,
+        "--holdout must be in (0, 1)"
+    );
+    let data = args.data.load()?;
+    let split = eval::split(
+        &data,
+        eval::SplitConfig {
+            holdout_share: args.holdout,
+            max_holdout: args.max_holdout.max(1),
+            seed: args.data.seed,
+            ..Default::default()
+        },
+    );
+    let held: usize = split.held_out.values().map(|s| s.len()).sum();
+    println!(
+        "held out {held} interactions of {} users; training on {}",
+        split.held_out.len(),
+        split.train.events.len()
+    );
+    let snap = reco_data::derive(&split.train, args.data.seed);
+    let platform = Platform::start(PlatformConfig::default()).await?;
+    load::load(snap, &platform.addrs).await?;
+    let report = eval::run(&platform, &split, args.max_users).await?;
+    print!("{}", report.table(&data.name));
+    if args.json {
+        println!("{}", report.json(&data.name));
+    }
+    platform.shutdown().await
 }
 
 #[derive(clap::Args)]
@@ -37,15 +92,8 @@ struct UpArgs {
     /// free ports.
     #[arg(long, env = "RECO_BASE_PORT", default_value_t = 50051)]
     base_port: u16,
-    /// Generated users.
-    #[arg(long, default_value_t = 2000)]
-    users: usize,
-    /// Generated items.
-    #[arg(long, default_value_t = 1500)]
-    items: usize,
-    /// Seed of the generated data (same seed, same data).
-    #[arg(long, default_value_t = 42)]
-    seed: u64,
+    #[command(flatten)]
+    data: DataArgs,
     /// Start empty, loading nothing.
     #[arg(long)]
     no_data: bool,
@@ -92,18 +140,8 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     let sample_user = if args.no_data {
         "u1".to_string()
     } else {
-        let cfg = reco_data::GenConfig {
-            seed: args.seed,
-            users: args.users,
-            items: args.items,
-            ..Default::default()
-        };
-        println!(
-            "generating {} users and {} items (seed {})...",
-            cfg.users, cfg.items, cfg.seed
-        );
-        let data = reco_data::generate(&cfg);
-        let snap = reco_data::derive(&data, cfg.seed);
+        let data = args.data.load()?;
+        let snap = reco_data::derive(&data, args.data.seed);
         let sample = snap
             .pools
             .first()
@@ -155,6 +193,7 @@ async fn main() -> anyhow::Result<()> {
     let _telemetry = reco_telemetry::init("reco", &cli.telemetry)?;
     match cli.command {
         Command::Up(args) => up(args).await,
+        Command::Eval(args) => eval(args).await,
         Command::Recommend(args) => {
             let req = RecommendRequest {
                 user_id: args.user,
