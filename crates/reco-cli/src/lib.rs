@@ -6,3 +6,4 @@ pub mod eval;
 pub mod load;
 pub mod platform;
 pub mod show;
+pub mod sync;

@@ -30,6 +30,73 @@ enum Command {
     /// Hold out each user's latest interactions, load the rest into a platform of its own, and score its
     /// recommendations (HitRate, NDCG, Recall at 10) beside a popularity baseline.
     Eval(EvalArgs),
+    /// Bulk-load a dataset into running services: features into a new version, switched to atomically once
+    /// complete, then vectors, graph edges and sequences.
+    Sync(SyncArgs),
+}
+
+#[derive(clap::Args)]
+struct SyncArgs {
+    /// The dataset: a MovieLens or Last.fm directory, or a reco JSON-lines file.
+    #[arg(long)]
+    dataset: std::path::PathBuf,
+    /// The dataset's format (auto detects it from the files).
+    #[arg(long, default_value = "auto")]
+    format: reco_data::read::Format,
+    /// Fail on the first malformed row (nothing is written) instead of skipping and counting it.
+    #[arg(long)]
+    strict: bool,
+    /// Seed of the derivation's random choices.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Name of the new feature version (default: snapshot-<unix seconds>).
+    #[arg(long)]
+    version: Option<String>,
+    #[arg(long, env = "RECO_FEATURE_ADDR", default_value = "127.0.0.1:50052")]
+    feature_addr: String,
+    #[arg(long, env = "RECO_VECTOR_ADDR", default_value = "127.0.0.1:50054")]
+    vector_addr: String,
+    #[arg(long, env = "RECO_GRAPH_ADDR", default_value = "127.0.0.1:50055")]
+    graph_addr: String,
+}
+
+async fn sync(args: SyncArgs) -> anyhow::Result<()> {
+    let to = reco_cli::load::Targets {
+        feature: args.feature_addr,
+        vector: args.vector_addr,
+        graph: args.graph_addr,
+    };
+    let r = reco_cli::sync::sync(
+        &args.dataset,
+        args.format,
+        args.strict,
+        args.seed,
+        &to,
+        args.version,
+        true,
+    )
+    .await?;
+    for (file, n) in &r.read.read {
+        let rejected = r.read.rejected_count.get(file).copied().unwrap_or(0);
+        println!(
+            "read {n:>8} rows, rejected {rejected:>5}: {}",
+            file.display()
+        );
+    }
+    for rej in r.read.rejected.iter().take(20) {
+        println!("  rejected {rej}");
+    }
+    let l = &r.loaded;
+    println!(
+        "wrote {} items, {} users, {} recall pools, {} vectors, {} edges, {} sequences",
+        l.items, l.users, l.pools, l.vectors, l.edges, l.sequences
+    );
+    println!(
+        "feature version {} is now active (was {})",
+        l.activated.as_deref().unwrap_or("-"),
+        l.previous.as_deref().unwrap_or("-")
+    );
+    Ok(())
 }
 
 #[derive(clap::Args)]
@@ -194,6 +261,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Up(args) => up(args).await,
         Command::Eval(args) => eval(args).await,
+        Command::Sync(args) => sync(args).await,
         Command::Recommend(args) => {
             let req = RecommendRequest {
                 user_id: args.user,

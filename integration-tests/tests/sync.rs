@@ -1,0 +1,187 @@
+//! Bulk loads into running services: a bad row, a strict load that refuses it, and a load interrupted half-way,
+//! all while the previous snapshot keeps serving.
+
+use std::{path::Path, sync::Arc};
+
+use reco_cli::load::{LoadOptions, Targets, load_with};
+use reco_data::read::Format;
+use reco_integration_tests::{TestPlatform, ask};
+use reco_proto::feature::v1::{
+    GetUserContextRequest, ListVersionsRequest, feature_service_client::FeatureServiceClient,
+};
+
+/// A small MovieLens-format dataset whose ratings.csv has a malformed row at line 7.
+fn movielens_with_a_bad_row(dir: &Path) {
+    std::fs::write(
+        dir.join("movies.csv"),
+        "movieId,title,genres\nm1,One,Drama\nm2,Two,Comedy\nm3,Three,Drama|Comedy\nm4,Four,Action\n",
+    )
+    .unwrap();
+    let mut ratings = String::from("userId,movieId,rating,timestamp\n");
+    for (n, (u, m)) in [
+        ("ml-a", "m1"),
+        ("ml-a", "m2"),
+        ("ml-b", "m2"),
+        ("ml-b", "m3"),
+        ("ml-c", "m1"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        ratings.push_str(&format!("{u},{m},4.0,{}\n", 1_600_000_000 + n));
+    }
+    ratings.push_str("ml-c,m3,four stars,1600000100\n"); // line 7
+    for (n, (u, m)) in [("ml-c", "m4"), ("ml-a", "m3"), ("ml-b", "m4")]
+        .iter()
+        .enumerate()
+    {
+        ratings.push_str(&format!("{u},{m},3.5,{}\n", 1_600_000_200 + n));
+    }
+    std::fs::write(dir.join("ratings.csv"), ratings).unwrap();
+}
+
+async fn active_version(t: &TestPlatform) -> String {
+    let mut f = FeatureServiceClient::new(
+        reco_server::channel(&t.platform.addrs.feature.to_string()).unwrap(),
+    );
+    f.list_versions(ListVersionsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .active_version
+}
+
+async fn user_found(t: &TestPlatform, user: &str) -> bool {
+    let mut f = FeatureServiceClient::new(
+        reco_server::channel(&t.platform.addrs.feature.to_string()).unwrap(),
+    );
+    f.get_user_context(GetUserContextRequest {
+        user_id: user.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_row_is_reported_by_line_and_a_strict_load_leaves_the_previous_snapshot_serving() {
+    let t = TestPlatform::start().await;
+    let to = Targets::from(&t.platform.addrs);
+    let dir = tempfile::tempdir().unwrap();
+    movielens_with_a_bad_row(dir.path());
+    let before = active_version(&t).await;
+
+    let err = reco_cli::sync::sync(
+        dir.path(),
+        Format::Auto,
+        true,
+        1,
+        &to,
+        Some("strict-try".into()),
+        false,
+    )
+    .await
+    .err()
+    .expect("a strict load stops at the bad row");
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("ratings.csv:7") && msg.contains("four stars"),
+        "{msg}"
+    );
+    assert_eq!(active_version(&t).await, before, "nothing was switched");
+    assert!(!user_found(&t, "ml-a").await, "nothing was written");
+    assert!(user_found(&t, &t.known_user).await);
+    assert_eq!(
+        t.recommend(ask(&t.known_user)).await.unwrap().items.len(),
+        10
+    );
+
+    let r = reco_cli::sync::sync(
+        dir.path(),
+        Format::Auto,
+        false,
+        1,
+        &to,
+        Some("lenient".into()),
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.read.total_rejected(), 1);
+    assert_eq!(r.read.rejected[0].line, 7);
+    assert_eq!(r.loaded.users, 3);
+    assert_eq!(
+        (r.loaded.activated.as_deref(), r.loaded.previous.as_deref()),
+        (Some("lenient"), Some(before.as_str()))
+    );
+    assert_eq!(active_version(&t).await, "lenient");
+    assert!(user_found(&t, "ml-a").await, "the new snapshot serves");
+    t.platform.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_interrupted_half_way_leaves_the_old_snapshot_answering() {
+    let t = TestPlatform::start().await;
+    let before = active_version(&t).await;
+    // A bigger snapshot whose users are new, loaded as version "next", interrupted after the first user batch.
+    let data = reco_data::generate(&reco_data::GenConfig {
+        users: 3000,
+        items: 400,
+        seed: 9,
+        ..Default::default()
+    });
+    let mut snap = reco_data::derive(&data, 9);
+    for u in &mut snap.users {
+        u.user_id = reco_types_id(&format!("next-{}", u.user_id));
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let tx = std::sync::Mutex::new(Some(tx));
+    let on_batch: reco_cli::load::Progress = Arc::new(move |table, done| {
+        if table == "users"
+            && done >= 500
+            && let Some(tx) = tx.lock().unwrap().take()
+        {
+            let _ = tx.send(());
+        }
+    });
+    let to = Targets::from(&t.platform.addrs);
+    let load = tokio::spawn(async move {
+        load_with(
+            snap,
+            &to,
+            LoadOptions {
+                version: Some("next".into()),
+                show_progress: false,
+                on_batch: Some(on_batch),
+            },
+        )
+        .await
+    });
+    rx.await.expect("the load got half-way");
+    load.abort();
+    assert!(load.await.unwrap_err().is_cancelled());
+
+    assert_eq!(
+        active_version(&t).await,
+        before,
+        "the half-written version was never activated"
+    );
+    assert!(
+        user_found(&t, &t.known_user).await,
+        "the old snapshot still answers"
+    );
+    assert!(
+        !user_found(&t, "next-u0").await,
+        "nothing of the new snapshot is visible"
+    );
+    let r = t.recommend(ask(&t.known_user)).await.unwrap();
+    assert_eq!(r.items.len(), 10);
+    assert!(!r.degraded);
+    t.platform.shutdown().await.unwrap();
+}
+
+fn reco_types_id(s: &str) -> reco_types::UserId {
+    reco_types::UserId::parse("user_id", s).unwrap()
+}
