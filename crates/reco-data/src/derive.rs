@@ -1,16 +1,13 @@
 //! Derivation of an online snapshot from interactions: what the daily offline job computes.
 //!
 //! - item and user features (activity, rating stats, top categories, recency, demographics);
-//! - 64-dimensional embeddings by random projection of the user-item matrix: each user gets a random ±1 code,
-//!   an item's embedding is the degree-normalised sum of its users' codes, so the cosine of two items
-//!   approximates the cosine of their audiences (Johnson-Lindenstrauss); a user's embedding is the
-//!   rating-weighted mean of their items'. Cheap, deterministic, and learned from the data alone;
+//! - 64-dimensional user and item embeddings from implicit-feedback matrix factorisation (ALS, on the well-kept
+//!   `discorec` crate: no dependencies, conjugate-gradient solver, seeded so a snapshot is reproducible);
 //! - CF recall pools from item-item co-occurrence (cosine of audiences), top K per user, seen items excluded;
 //! - the popularity list, recent sequences and graph edges.
 
 use std::collections::HashMap;
 
-use rand::{Rng, SeedableRng, rngs::StdRng};
 use reco_types::{
     Candidate, Embedding, Event, FeatureValue, Features, Item, ItemId, Name, User, UserId,
 };
@@ -43,11 +40,43 @@ pub struct Snapshot {
     pub item_tags: Vec<(ItemId, Name)>,
 }
 
-fn normalise(v: &mut [f32]) {
-    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    if n > 0.0 {
-        v.iter_mut().for_each(|x| *x /= n);
+/// ALS iterations: past ~15 the held-out ranking stops improving on MovieLens and Last.fm.
+const ALS_ITERATIONS: u32 = 15;
+
+/// One factor vector per row, None for a row without interactions.
+type Factors = Vec<Option<Vec<f32>>>;
+
+/// User and item factors of an implicit ALS model over the interactions (weights as confidence), indexed like
+/// `data.users` and `data.items`; None for a user or item without interactions.
+fn factorise(data: &Dataset, seed: u64) -> (Factors, Factors) {
+    let mut users = vec![None; data.users.len()];
+    let mut items = vec![None; data.items.len()];
+    if data.events.is_empty() {
+        return (users, items);
     }
+    let triples: Vec<(usize, usize, f32)> = data
+        .events
+        .iter()
+        .map(|e| (e.user, e.item, e.weight))
+        .collect();
+    let model = discorec::RecommenderBuilder::new()
+        .factors(DIMENSION as u32)
+        .iterations(ALS_ITERATIONS)
+        .seed(seed)
+        .fit_implicit(&triples);
+    for (u, slot) in users.iter_mut().enumerate() {
+        *slot = model
+            .user_factors(&u)
+            .map(<[f32]>::to_vec)
+            .filter(|v| v.iter().all(|x| x.is_finite()));
+    }
+    for (i, slot) in items.iter_mut().enumerate() {
+        *slot = model
+            .item_factors(&i)
+            .map(<[f32]>::to_vec)
+            .filter(|v| v.iter().all(|x| x.is_finite()));
+    }
+    (users, items)
 }
 
 /// Names that pass validation; a dataset's odd category or tag is left out rather than failing the derivation.
@@ -58,7 +87,7 @@ fn names<'a>(values: impl IntoIterator<Item = &'a String>) -> Vec<Name> {
         .collect()
 }
 
-/// Derives the snapshot; `seed` fixes the random projection.
+/// Derives the snapshot; `seed` fixes the factorisation's initialisation.
 pub fn derive(data: &Dataset, seed: u64) -> Snapshot {
     let n_users = data.users.len();
     let n_items = data.items.len();
@@ -75,26 +104,8 @@ pub fn derive(data: &Dataset, seed: u64) -> Snapshot {
         by_item[e.item].push((e.user, e.weight));
     }
 
-    // Embeddings by random projection.
-    let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed_cafe);
-    let codes: Vec<[f32; DIMENSION]> = (0..n_users)
-        .map(|_| std::array::from_fn(|_| if rng.random_bool(0.5) { 1.0 } else { -1.0 }))
-        .collect();
-    let item_emb: Vec<Option<Vec<f32>>> = by_item
-        .iter()
-        .map(|audience| {
-            if audience.is_empty() {
-                return None;
-            }
-            let mut v = vec![0f32; DIMENSION];
-            for &(u, _) in audience {
-                let w = 1.0 / (by_user[u].len() as f32).sqrt();
-                v.iter_mut().zip(&codes[u]).for_each(|(x, c)| *x += w * c);
-            }
-            normalise(&mut v);
-            Some(v)
-        })
-        .collect();
+    // Embeddings: implicit-feedback matrix factorisation (ALS with conjugate gradient, Hu et al. 2008).
+    let (user_emb, item_emb) = factorise(data, seed);
 
     // Items.
     let items: Vec<Item> = (0..n_items)
@@ -177,18 +188,9 @@ pub fn derive(data: &Dataset, seed: u64) -> Snapshot {
                 }
             }
 
-            let mut v = vec![0f32; DIMENSION];
-            for (i, r, _) in hist {
-                if let Some(e) = &item_emb[*i] {
-                    v.iter_mut().zip(e).for_each(|(x, y)| *x += r * y);
-                }
-            }
-            normalise(&mut v);
-            let embedding = if hist.is_empty() {
-                None
-            } else {
-                Embedding::parse("embedding", v).ok()
-            };
+            let embedding = user_emb[u]
+                .clone()
+                .and_then(|v| Embedding::parse("embedding", v).ok());
             User {
                 user_id: uid(u),
                 features: f,

@@ -1,0 +1,43 @@
+//! Offline evaluation end to end on generated data: the platform must beat the popularity baseline.
+
+use reco_cli::{
+    eval,
+    platform::{Platform, PlatformConfig},
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_platform_beats_popularity_on_held_out_interactions() {
+    let data = reco_data::generate(&reco_data::GenConfig {
+        users: 400,
+        items: 300,
+        seed: 5,
+        ..Default::default()
+    });
+    let split = eval::split(&data, eval::SplitConfig::default());
+    assert!(split.held_out.len() > 300);
+    let mut cfg = PlatformConfig::default();
+    reco_integration_tests::relax_budgets(&mut cfg.gateway);
+    let platform = Platform::start(cfg).await.unwrap();
+    reco_cli::load::load(reco_data::derive(&split.train, 5), &platform.addrs)
+        .await
+        .unwrap();
+
+    let report = eval::run(&platform, &split, usize::MAX).await.unwrap();
+    assert_eq!(report.users, split.held_out.len());
+    assert_eq!((report.errors, report.degraded), (0, 0));
+    for s in [report.platform, report.popular] {
+        assert!(
+            (0.0..=1.0).contains(&s.ndcg)
+                && (0.0..=1.0).contains(&s.hit)
+                && (0.0..=1.0).contains(&s.recall)
+        );
+    }
+    assert!(
+        report.platform.ndcg > report.popular.ndcg,
+        "reco NDCG@10 {:.4} vs popularity {:.4}",
+        report.platform.ndcg,
+        report.popular.ndcg
+    );
+    assert!(report.table("generated").contains("NDCG@10"));
+    platform.shutdown().await.unwrap();
+}
