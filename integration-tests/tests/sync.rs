@@ -6,8 +6,13 @@ use std::{path::Path, sync::Arc};
 use reco_cli::load::{LoadOptions, Targets, load_with};
 use reco_data::read::Format;
 use reco_integration_tests::{TestPlatform, ask};
-use reco_proto::feature::v1::{
-    GetUserContextRequest, ListVersionsRequest, feature_service_client::FeatureServiceClient,
+use reco_proto::{
+    feature::v1::{
+        GetUserContextRequest, ListVersionsRequest, feature_service_client::FeatureServiceClient,
+    },
+    vector_recall::v1::{
+        ActivateIndexRequest, StatsRequest, vector_recall_client::VectorRecallClient,
+    },
 };
 
 /// A small MovieLens-format dataset whose ratings.csv has a malformed row at line 7.
@@ -49,6 +54,13 @@ async fn active_version(t: &TestPlatform) -> String {
         .unwrap()
         .into_inner()
         .active_version
+}
+
+async fn vector_stats(t: &TestPlatform) -> reco_proto::vector_recall::v1::StatsResponse {
+    let mut v = VectorRecallClient::new(
+        reco_server::channel(&t.platform.addrs.vector.to_string()).unwrap(),
+    );
+    v.stats(StatsRequest {}).await.unwrap().into_inner()
 }
 
 async fn user_found(t: &TestPlatform, user: &str) -> bool {
@@ -118,6 +130,23 @@ async fn a_bad_row_is_reported_by_line_and_a_strict_load_leaves_the_previous_sna
     );
     assert_eq!(active_version(&t).await, "lenient");
     assert!(user_found(&t, "ml-a").await, "the new snapshot serves");
+    let stats = vector_stats(&t).await;
+    assert_eq!(
+        (stats.index_version.as_str(), stats.count),
+        ("lenient", 4),
+        "the vector index was swapped whole"
+    );
+
+    let mut v = VectorRecallClient::new(
+        reco_server::channel(&t.platform.addrs.vector.to_string()).unwrap(),
+    );
+    let err = v
+        .activate_index(ActivateIndexRequest {
+            index_version: "never-staged".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
     t.platform.shutdown().await.unwrap();
 }
 
@@ -125,6 +154,7 @@ async fn a_bad_row_is_reported_by_line_and_a_strict_load_leaves_the_previous_sna
 async fn a_load_interrupted_half_way_leaves_the_old_snapshot_answering() {
     let t = TestPlatform::start().await;
     let before = active_version(&t).await;
+    let vectors_before = vector_stats(&t).await;
     // A bigger snapshot whose users are new, loaded as version "next", interrupted after the first user batch.
     let data = reco_data::generate(&reco_data::GenConfig {
         users: 3000,
@@ -175,6 +205,11 @@ async fn a_load_interrupted_half_way_leaves_the_old_snapshot_answering() {
     assert!(
         !user_found(&t, "next-u0").await,
         "nothing of the new snapshot is visible"
+    );
+    assert_eq!(
+        vector_stats(&t).await,
+        vectors_before,
+        "the serving vector index is untouched"
     );
     let r = t.recommend(ask(&t.known_user)).await.unwrap();
     assert_eq!(r.items.len(), 10);

@@ -1,17 +1,19 @@
 //! Loads a snapshot into running services through their public write APIs, in batches, several in flight.
 //!
-//! The switch from the old snapshot to the new is atomic for what readers see first: every feature table is
-//! written into a new feature-set version, and only once all of them are complete is that version activated.
-//! A load that fails or is interrupted before then leaves the previous version serving, untouched.
+//! The switch from the old snapshot to the new is atomic for what readers see: feature tables are written into a
+//! new feature-set version and item vectors into a new index version, and only once both are complete are they
+//! activated (a version pointer in the feature store, an index swap in vector recall). A load that fails or is
+//! interrupted before then leaves the previous snapshot serving, untouched.
 //!
 //! ```text
-//!   items, users, pools, popular ──▶ feature version V (invisible) ──ActivateVersion(V)──▶ serving
-//!   then: vectors (upsert), graph edges (add), recent sequences (append)
+//!   items, users, pools, popular ──▶ feature version V ─┐
+//!   item vectors ────────────────▶ index version V ────┴─ ActivateVersion(V), ActivateIndex(V) ─▶ serving
+//!   then: graph edges (add), recent sequences (append)
 //! ```
 //!
-//! Vectors, edges and sequences are not versioned yet: they are written after the switch, so a load that fails
-//! there leaves the new features serving with those parts partly updated (the vector index's alias swap and the
-//! graph's snapshot rebuild come with their own issues).
+//! Graph edges and sequences are not versioned: they are added after the switch, so a load that fails there
+//! leaves the new snapshot serving with those parts partly updated (the graph's snapshot rebuild comes with the
+//! graph issue; sequences are real-time data that only grow).
 
 use std::{
     io::IsTerminal,
@@ -30,7 +32,9 @@ use reco_proto::{
         feature_service_client::FeatureServiceClient,
     },
     graph_recall::v1::{AddEdgesRequest, Edge, EdgeKind, graph_recall_client::GraphRecallClient},
-    vector_recall::v1::{ItemVector, UpsertRequest, vector_recall_client::VectorRecallClient},
+    vector_recall::v1::{
+        ActivateIndexRequest, ItemVector, UpsertRequest, vector_recall_client::VectorRecallClient,
+    },
 };
 use reco_server::channel;
 use tracing::info;
@@ -309,7 +313,21 @@ pub async fn load_with(
         .await
         .map_err(|s| anyhow::anyhow!("popular load failed: {}", s.message()))?;
 
-    // The switch.
+    let bar = tables.bar("vectors", vectors.len());
+    report.vectors = batched(bar, vectors, |b| {
+        let (mut c, v) = (vector.clone(), version.clone());
+        async move {
+            c.upsert(UpsertRequest {
+                items: b,
+                index_version: v,
+            })
+            .await
+            .map(drop)
+        }
+    })
+    .await?;
+
+    // The switch: features, then the vector index, one right after the other.
     if let Some(v) = &opts.version {
         let previous = feature
             .clone()
@@ -321,17 +339,18 @@ pub async fn load_with(
             .into_inner()
             .previous_version;
         info!(version = %v, %previous, "feature version activated");
+        vector
+            .clone()
+            .activate_index(ActivateIndexRequest {
+                index_version: v.clone(),
+            })
+            .await
+            .map_err(|s| anyhow::anyhow!("activating vector index {v} failed: {}", s.message()))?;
         report.activated = Some(v.clone());
         report.previous = Some(previous);
     }
 
     // Not versioned yet (see the module doc).
-    let bar = tables.bar("vectors", vectors.len());
-    report.vectors = batched(bar, vectors, |b| {
-        let mut c = vector.clone();
-        async move { c.upsert(UpsertRequest { items: b }).await.map(drop) }
-    })
-    .await?;
     let bar = tables.bar("edges", edges.len());
     report.edges = batched(bar, edges, |b| {
         let mut c = graph.clone();

@@ -5,11 +5,13 @@
 
 mod exact;
 pub mod suite;
+mod versioned;
 
 use async_trait::async_trait;
 use reco_types::{Embedding, ItemFilter, ItemId, Name};
 
 pub use exact::ExactIndex;
+pub use versioned::{INITIAL_VERSION, UnknownVersion, VersionedIndex};
 
 /// Largest k a search may ask for.
 pub const MAX_K: usize = 1000;

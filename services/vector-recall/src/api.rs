@@ -11,7 +11,7 @@ use reco_server::TracedChannel;
 use reco_types::{
     Embedding, ItemFilter, ItemId, Name, UserId, ValidationError, check_batch, count,
 };
-use reco_vector_index::{IndexedItem, MAX_K, VectorIndex};
+use reco_vector_index::{IndexedItem, MAX_K, VersionedIndex};
 
 use crate::Error;
 
@@ -20,13 +20,22 @@ const RECENT_ITEMS_FOR_QUERY: u32 = 20;
 
 /// The VectorRecall implementation over any index.
 pub struct VectorApi {
-    index: Arc<dyn VectorIndex>,
+    index: Arc<VersionedIndex>,
     features: Option<FeatureServiceClient<TracedChannel>>,
+}
+
+/// Reads an index version from a write request: empty means the serving index.
+fn version(s: &str) -> Result<Option<&str>, ValidationError> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    Name::parse("index_version", s)?;
+    Ok(Some(s))
 }
 
 impl VectorApi {
     pub fn new(
-        index: Arc<dyn VectorIndex>,
+        index: Arc<VersionedIndex>,
         features: Option<FeatureServiceClient<TracedChannel>>,
     ) -> Self {
         Self { index, features }
@@ -39,7 +48,7 @@ impl VectorApi {
             Query::ItemIds(pb::ItemIds { item_ids }) => {
                 check_batch("item_ids.item_ids", item_ids.len())?;
                 let ids = each("item_ids.item_ids", item_ids, |s| ItemId::parse("", s))?;
-                let vectors = self.index.vectors(&ids).await?;
+                let vectors = self.index.serving().1.vectors(&ids).await?;
                 Ok(Embedding::mean(&vectors))
             }
             Query::UserId(user_id) => {
@@ -66,7 +75,9 @@ impl VectorApi {
                     .into_iter()
                     .filter_map(|e| ItemId::parse("item_id", &e.item_id).ok())
                     .collect();
-                Ok(Embedding::mean(&self.index.vectors(&recent).await?))
+                Ok(Embedding::mean(
+                    &self.index.serving().1.vectors(&recent).await?,
+                ))
             }
         }
     }
@@ -82,9 +93,9 @@ impl VectorApi {
         let query = query.ok_or_else(|| {
             ValidationError::new("query", "set one of vector, user_id or item_ids")
         })?;
-        let stats = self.index.stats().await?;
+        let (version, index) = self.index.serving();
         let hits = match self.query_vector(query).await? {
-            Some(q) => self.index.search(&q, k as usize, &filter).await?,
+            Some(q) => index.search(&q, k as usize, &filter).await?,
             None => Vec::new(),
         };
         Ok(pb::SearchResponse {
@@ -95,13 +106,14 @@ impl VectorApi {
                     score: h.score,
                 })
                 .collect(),
-            index_version: stats.version,
+            index_version: version,
         })
     }
 
     async fn upsert(&self, r: pb::UpsertRequest) -> Result<pb::UpsertResponse, Error> {
         check_batch("items", r.items.len())?;
-        let dimension = self.index.dimension();
+        let index = self.index.for_write(version(&r.index_version)?);
+        let dimension = index.dimension();
         let items = each("items", r.items, |i| {
             let pb::ItemVector {
                 item_id,
@@ -116,7 +128,7 @@ impl VectorApi {
                 categories: each("categories", categories, |c| Name::parse("", c))?,
             })
         })?;
-        let upserted = self.index.upsert(items).await?;
+        let upserted = index.upsert(items).await?;
         Ok(pb::UpsertResponse {
             upserted: upserted as u32,
         })
@@ -125,20 +137,35 @@ impl VectorApi {
     async fn delete(&self, r: pb::DeleteRequest) -> Result<pb::DeleteResponse, Error> {
         check_batch("item_ids", r.item_ids.len())?;
         let ids = each("item_ids", r.item_ids, |s| ItemId::parse("", s))?;
-        let deleted = self.index.delete(&ids).await?;
+        let deleted = self
+            .index
+            .for_write(version(&r.index_version)?)
+            .delete(&ids)
+            .await?;
         Ok(pb::DeleteResponse {
             deleted: deleted as u32,
         })
     }
 
+    async fn activate_index(
+        &self,
+        r: pb::ActivateIndexRequest,
+    ) -> Result<pb::ActivateIndexResponse, Error> {
+        let v = Name::parse("index_version", &r.index_version)?;
+        let previous_version = self.index.activate(v.as_str())?;
+        tracing::info!(version = %v, previous = %previous_version, "vector index version activated");
+        Ok(pb::ActivateIndexResponse { previous_version })
+    }
+
     async fn stats(&self, _r: pb::StatsRequest) -> Result<pb::StatsResponse, Error> {
-        let s = self.index.stats().await?;
+        let (version, index) = self.index.serving();
+        let s = index.stats().await?;
         Ok(pb::StatsResponse {
             count: s.count,
             dimension: s.dimension as u32,
             metric: s.metric.as_str().to_string(),
-            backend: self.index.backend().to_string(),
-            index_version: s.version,
+            backend: index.backend().to_string(),
+            index_version: version,
         })
     }
 }
@@ -147,5 +174,6 @@ reco_server::delegate_rpcs! { VectorRecall => VectorApi {
     search(pb::SearchRequest) -> pb::SearchResponse;
     upsert(pb::UpsertRequest) -> pb::UpsertResponse;
     delete(pb::DeleteRequest) -> pb::DeleteResponse;
+    activate_index(pb::ActivateIndexRequest) -> pb::ActivateIndexResponse;
     stats(pb::StatsRequest) -> pb::StatsResponse;
 }}

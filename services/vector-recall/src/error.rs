@@ -10,6 +10,9 @@ pub enum Error {
     /// The index refused or failed.
     #[error(transparent)]
     Index(#[from] VectorIndexError),
+    /// Activation of an index version that was never staged.
+    #[error(transparent)]
+    UnknownVersion(#[from] reco_vector_index::UnknownVersion),
     /// A search by user id, but no feature service is configured.
     #[error("searching by user_id needs the feature service: start with --feature-addr")]
     NoFeatureService,
@@ -28,6 +31,7 @@ impl From<Error> for tonic::Status {
                 }
                 VectorIndexError::Backend(_) => tonic::Status::unavailable(i.to_string()),
             },
+            Error::UnknownVersion(v) => tonic::Status::not_found(v.to_string()),
             Error::NoFeatureService => tonic::Status::failed_precondition(e.to_string()),
             Error::Features(s) => tonic::Status::unavailable(format!(
                 "reading the user's embedding failed: {}",

@@ -1,7 +1,7 @@
 //! The vector-recall service: the items nearest to a vector, to a user's embedding, or to a set of items.
 //!
 //! ```text
-//!   Search{vector}   ─────────────────────────────▶ dyn VectorIndex (exact | ...)
+//!   Search{vector}   ─────────────────────────────▶ serving version of a VersionedIndex (exact | ...)
 //!   Search{user_id}  ─▶ feature service: embedding ─┘   (or the mean of the user's recent items' vectors)
 //!   Search{item_ids} ─▶ mean of those items' vectors ┘
 //! ```
@@ -17,7 +17,7 @@ use reco_proto::{
 };
 use reco_server::{GrpcServer, ServerArgs};
 use reco_telemetry::TelemetryArgs;
-use reco_vector_index::{ExactIndex, Metric, VectorIndex};
+use reco_vector_index::{ExactIndex, Metric, VersionedIndex};
 
 pub use api::VectorApi;
 pub use error::Error;
@@ -72,15 +72,16 @@ impl Config {
     }
 }
 
-/// Opens the configured index.
-pub fn open_index(config: &Config) -> anyhow::Result<Arc<dyn VectorIndex>> {
-    Ok(match config.backend {
-        Backend::Exact => Arc::new(ExactIndex::new(config.dimension as usize, config.metric)),
-    })
+/// Opens the configured index, serving an empty first version.
+pub fn open_index(config: &Config) -> anyhow::Result<Arc<VersionedIndex>> {
+    let (dimension, metric) = (config.dimension as usize, config.metric);
+    Ok(Arc::new(match config.backend {
+        Backend::Exact => VersionedIndex::new(move || Arc::new(ExactIndex::new(dimension, metric))),
+    }))
 }
 
 /// The service over a given index, ready to serve.
-pub fn server(config: &Config, index: Arc<dyn VectorIndex>) -> anyhow::Result<GrpcServer> {
+pub fn server(config: &Config, index: Arc<VersionedIndex>) -> anyhow::Result<GrpcServer> {
     let features = config
         .feature_addr
         .as_deref()
@@ -91,7 +92,15 @@ pub fn server(config: &Config, index: Arc<dyn VectorIndex>) -> anyhow::Result<Gr
         .add_service(VectorRecallServer::new(VectorApi::new(index, features)))
         .readiness(move || {
             let index = probe.clone();
-            async move { index.stats().await.map(|_| ()).map_err(|e| e.to_string()) }
+            async move {
+                index
+                    .serving()
+                    .1
+                    .stats()
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
         }))
 }
 

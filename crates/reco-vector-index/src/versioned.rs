@@ -1,0 +1,124 @@
+//! Index versions: one serving index that searches read, and staging indexes that a bulk load or a rebuild
+//! fills while the serving one keeps answering. Activating a version is one pointer swap; the replaced index is
+//! dropped once the last search holding it finishes.
+
+use std::{collections::HashMap, sync::Arc};
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::VectorIndex;
+
+/// The name of the index a fresh service serves.
+pub const INITIAL_VERSION: &str = "v1";
+
+type Factory = Box<dyn Fn() -> Arc<dyn VectorIndex> + Send + Sync>;
+
+/// A serving index and its staged successors.
+pub struct VersionedIndex {
+    serving: RwLock<(String, Arc<dyn VectorIndex>)>,
+    staging: Mutex<HashMap<String, Arc<dyn VectorIndex>>>,
+    make: Factory,
+}
+
+/// Activation of a version that was never staged.
+#[derive(Debug, thiserror::Error)]
+#[error("index version {0:?} has not been staged")]
+pub struct UnknownVersion(pub String);
+
+impl VersionedIndex {
+    /// Serves an empty index from `make`, which also builds every staging index.
+    pub fn new(make: impl Fn() -> Arc<dyn VectorIndex> + Send + Sync + 'static) -> Self {
+        Self {
+            serving: RwLock::new((INITIAL_VERSION.to_string(), make())),
+            staging: Mutex::default(),
+            make: Box::new(make),
+        }
+    }
+
+    /// The serving version and index.
+    pub fn serving(&self) -> (String, Arc<dyn VectorIndex>) {
+        let s = self.serving.read();
+        (s.0.clone(), s.1.clone())
+    }
+
+    /// The index to write for `version`: the serving one for None or its own name, else a staging index
+    /// (created empty on first use).
+    pub fn for_write(&self, version: Option<&str>) -> Arc<dyn VectorIndex> {
+        let serving = self.serving.read();
+        match version {
+            None => serving.1.clone(),
+            Some(v) if v == serving.0 => serving.1.clone(),
+            Some(v) => self
+                .staging
+                .lock()
+                .entry(v.to_string())
+                .or_insert_with(|| (self.make)())
+                .clone(),
+        }
+    }
+
+    /// Makes a staged version the serving one; returns the version it replaced.
+    pub fn activate(&self, version: &str) -> Result<String, UnknownVersion> {
+        if self.serving.read().0 == version {
+            return Ok(version.to_string());
+        }
+        let staged = self
+            .staging
+            .lock()
+            .remove(version)
+            .ok_or_else(|| UnknownVersion(version.to_string()))?;
+        let mut serving = self.serving.write();
+        let previous = std::mem::replace(&mut *serving, (version.to_string(), staged));
+        Ok(previous.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use reco_types::{Embedding, ItemFilter, ItemId};
+
+    use super::*;
+    use crate::{ExactIndex, IndexedItem, Metric};
+
+    fn item(id: &str) -> IndexedItem {
+        IndexedItem {
+            item_id: ItemId::parse("i", id).unwrap(),
+            vector: Embedding::parse("v", vec![1.0, 0.0]).unwrap(),
+            categories: vec![],
+        }
+    }
+
+    #[tokio::test]
+    async fn a_staged_version_serves_only_once_activated_and_searches_never_see_it_half_built() {
+        let idx = VersionedIndex::new(|| Arc::new(ExactIndex::new(2, Metric::Cosine)));
+        idx.for_write(None).upsert(vec![item("old")]).await.unwrap();
+        idx.for_write(Some("next"))
+            .upsert(vec![item("new-1")])
+            .await
+            .unwrap();
+        let q = Embedding::parse("q", vec![1.0, 0.0]).unwrap();
+        let q = &q;
+        let search = |idx: &VersionedIndex| {
+            let (_, i) = idx.serving();
+            async move { i.search(q, 10, &ItemFilter::default()).await.unwrap() }
+        };
+        assert_eq!(search(&idx).await[0].item_id.as_str(), "old");
+        // A search that took the serving index before the switch finishes on it.
+        let (_, held) = idx.serving();
+        idx.for_write(Some("next"))
+            .upsert(vec![item("new-2")])
+            .await
+            .unwrap();
+        assert_eq!(idx.activate("next").unwrap(), "v1");
+        assert_eq!(search(&idx).await.len(), 2);
+        assert_eq!(
+            held.search(q, 10, &ItemFilter::default())
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        assert!(idx.activate("never").is_err());
+        assert_eq!(idx.serving().0, "next");
+    }
+}
