@@ -172,6 +172,21 @@ pub fn derive(data: &Dataset, seed: u64) -> Snapshot {
             cats.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
             let top: Vec<String> = cats.iter().take(3).map(|(c, _)| c.to_string()).collect();
             f.insert("top_categories", FeatureValue::StringList(top));
+            let mut tags: HashMap<&str, usize> = HashMap::new();
+            for (i, _, _) in hist {
+                for t in data.items[*i].tags.iter().take(10) {
+                    *tags.entry(t.as_str()).or_default() += 1;
+                }
+            }
+            let mut tags: Vec<_> = tags
+                .into_iter()
+                .filter(|(t, _)| Name::parse("tag", t).is_ok())
+                .collect();
+            tags.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+            if !tags.is_empty() {
+                let top: Vec<String> = tags.iter().take(5).map(|(t, _)| t.to_string()).collect();
+                f.insert("top_tags", FeatureValue::StringList(top));
+            }
             if let Some(last) = hist.iter().map(|h| h.2).max().filter(|t| *t > 0) {
                 f.insert("last_active_ms", FeatureValue::Int(last));
             }
