@@ -11,6 +11,16 @@ use reco_cli::platform::{Platform, PlatformConfig};
 use reco_proto::gateway::v1::{RecommendRequest, RecommendResponse, gateway_client::GatewayClient};
 use reco_server::TracedChannel;
 
+/// Each service's gRPC API, in the order of `Addrs::all()`.
+pub const APIS: [(&str, &str); 6] = [
+    ("feature", "reco.feature.v1.FeatureService"),
+    ("cache", "reco.cache.v1.CacheService"),
+    ("vector-recall", "reco.vector_recall.v1.VectorRecall"),
+    ("graph-recall", "reco.graph_recall.v1.GraphRecall"),
+    ("ranking", "reco.ranking.v1.Ranking"),
+    ("gateway", "reco.gateway.v1.Gateway"),
+];
+
 /// A platform loaded with generated data.
 pub struct TestPlatform {
     pub platform: Platform,

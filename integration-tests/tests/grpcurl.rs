@@ -1,20 +1,12 @@
 //! The real grpcurl (1.8.6, v1alpha reflection only) against running services: list, describe, call.
 
-use reco_integration_tests::{TestPlatform, grpcurl, run_grpcurl, run_grpcurl_err};
+use reco_integration_tests::{APIS, TestPlatform, grpcurl, run_grpcurl, run_grpcurl_err};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcurl_lists_describes_and_calls_every_service() {
     let Some(bin) = grpcurl() else { return };
     let t = TestPlatform::start().await;
-    let apis = [
-        ("feature", "reco.feature.v1.FeatureService"),
-        ("cache", "reco.cache.v1.CacheService"),
-        ("vector-recall", "reco.vector_recall.v1.VectorRecall"),
-        ("graph-recall", "reco.graph_recall.v1.GraphRecall"),
-        ("ranking", "reco.ranking.v1.Ranking"),
-        ("gateway", "reco.gateway.v1.Gateway"),
-    ];
-    for ((name, addr), (_, api)) in t.platform.addrs.all().into_iter().zip(apis) {
+    for ((name, addr), (_, api)) in t.platform.addrs.all().into_iter().zip(APIS) {
         let addr = addr.to_string();
         let list = run_grpcurl(&bin, &["-plaintext", &addr, "list"]);
         let listed: Vec<&str> = list.lines().collect();

@@ -1,6 +1,6 @@
 //! Every service on its own: health, validation at the gRPC edge, and graceful shutdown.
 
-use reco_integration_tests::TestPlatform;
+use reco_integration_tests::{APIS, TestPlatform};
 use reco_proto::{
     cache::v1::{self as cache, cache_service_client::CacheServiceClient},
     common::v1::{Event, Vector},
@@ -33,15 +33,7 @@ fn assert_invalid<T: std::fmt::Debug>(r: Result<T, tonic::Status>, field: &str) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_service_reports_serving_for_itself_and_its_api() {
     let t = TestPlatform::start().await;
-    let apis = [
-        ("feature", "reco.feature.v1.FeatureService"),
-        ("cache", "reco.cache.v1.CacheService"),
-        ("vector-recall", "reco.vector_recall.v1.VectorRecall"),
-        ("graph-recall", "reco.graph_recall.v1.GraphRecall"),
-        ("ranking", "reco.ranking.v1.Ranking"),
-        ("gateway", "reco.gateway.v1.Gateway"),
-    ];
-    for ((name, addr), (api_service, api)) in t.platform.addrs.all().into_iter().zip(apis) {
+    for ((name, addr), (api_service, api)) in t.platform.addrs.all().into_iter().zip(APIS) {
         assert_eq!(name, api_service);
         let mut h = HealthClient::new(ch(addr));
         for service in ["", api] {

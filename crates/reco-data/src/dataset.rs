@@ -95,6 +95,17 @@ impl DatasetBuilder {
         i
     }
 
+    /// Records that user `user` acted on item `item` (both added if new).
+    pub fn interaction(&mut self, user: &str, item: &str, weight: f32, timestamp_ms: i64) {
+        let (user, item) = (self.user(user), self.item(item));
+        self.data.events.push(Interaction {
+            user,
+            item,
+            weight,
+            timestamp_ms,
+        });
+    }
+
     pub fn has_user(&self, id: &str) -> bool {
         self.users.contains_key(id)
     }

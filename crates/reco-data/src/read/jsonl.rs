@@ -16,7 +16,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use super::{Encoding, ReadError, ReadOptions, ReadReport, Rows, id, lines};
-use crate::{Dataset, DatasetBuilder, Interaction};
+use crate::{Dataset, DatasetBuilder};
 
 #[derive(Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
@@ -113,13 +113,7 @@ pub fn read(path: &Path, opts: ReadOptions) -> Result<(Dataset, ReadReport), Rea
                         return Err(format!("timestamp_ms {timestamp_ms} is negative"));
                     }
                     let (user, item) = (id("user", &user)?, id("item", &item)?);
-                    let (user, item) = (b.user(&user), b.item(&item));
-                    b.data.events.push(Interaction {
-                        user,
-                        item,
-                        weight,
-                        timestamp_ms,
-                    });
+                    b.interaction(&user, &item, weight, timestamp_ms);
                     Ok(())
                 }
                 Line::Follow { user, followee } => {

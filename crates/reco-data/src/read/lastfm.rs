@@ -9,7 +9,7 @@ use super::{
     Encoding, ReadError, ReadOptions, ReadReport, Rows, expect_header, fields, id, lines, num,
     ranked_tags,
 };
-use crate::{Dataset, DatasetBuilder, Interaction};
+use crate::{Dataset, DatasetBuilder};
 
 const FORMAT: &str = "Last.fm HetRec 2011";
 
@@ -147,13 +147,7 @@ pub fn read(dir: &Path, opts: ReadOptions) -> Result<(Dataset, ReadReport), Read
                 .get(&(user.clone(), artist.clone()))
                 .copied()
                 .unwrap_or(0);
-            let (user, item) = (b.user(&user), b.item(&artist));
-            b.data.events.push(Interaction {
-                user,
-                item,
-                weight: plays_to_weight(plays),
-                timestamp_ms,
-            });
+            b.interaction(&user, &artist, plays_to_weight(plays), timestamp_ms);
             Ok(())
         });
         rows.row(line, outcome)?;

@@ -10,7 +10,7 @@ use super::{
     Encoding, ReadError, ReadOptions, ReadReport, Rows, expect_header, fields, id, lines, num,
     ranked_tags,
 };
-use crate::{Dataset, DatasetBuilder, Interaction};
+use crate::{Dataset, DatasetBuilder};
 
 const FORMAT: &str = "MovieLens";
 
@@ -163,13 +163,7 @@ fn read_csv(dir: &Path, opts: ReadOptions) -> Result<(Dataset, ReadReport), Read
         |r| {
             let (user, movie) = (id("userId", &r[0])?, id("movieId", &r[1])?);
             let (weight, timestamp_ms) = (rating(&r[2])?, seconds(&r[3])?);
-            let (user, item) = (b.user(&user), b.item(&movie));
-            b.data.events.push(Interaction {
-                user,
-                item,
-                weight,
-                timestamp_ms,
-            });
+            b.interaction(&user, &movie, weight, timestamp_ms);
             Ok(())
         },
     )?;
@@ -282,13 +276,7 @@ fn read_100k(dir: &Path, opts: ReadOptions) -> Result<(Dataset, ReadReport), Rea
         let outcome = fields(&text, "\t", 4).and_then(|f| {
             let (user, movie) = (id("user id", f[0])?, id("item id", f[1])?);
             let (weight, timestamp_ms) = (rating(f[2])?, seconds(f[3])?);
-            let (user, item) = (b.user(&user), b.item(&movie));
-            b.data.events.push(Interaction {
-                user,
-                item,
-                weight,
-                timestamp_ms,
-            });
+            b.interaction(&user, &movie, weight, timestamp_ms);
             Ok(())
         });
         rows.row(line, outcome)?;
@@ -336,13 +324,7 @@ fn read_1m(dir: &Path, opts: ReadOptions) -> Result<(Dataset, ReadReport), ReadE
         let outcome = fields(&text, "::", 4).and_then(|f| {
             let (user, movie) = (id("UserID", f[0])?, id("MovieID", f[1])?);
             let (weight, timestamp_ms) = (rating(f[2])?, seconds(f[3])?);
-            let (user, item) = (b.user(&user), b.item(&movie));
-            b.data.events.push(Interaction {
-                user,
-                item,
-                weight,
-                timestamp_ms,
-            });
+            b.interaction(&user, &movie, weight, timestamp_ms);
             Ok(())
         });
         rows.row(line, outcome)?;
