@@ -22,7 +22,9 @@ async fn the_platform_beats_popularity_on_held_out_interactions() {
         .await
         .unwrap();
 
-    let report = eval::run(&platform, &split, usize::MAX).await.unwrap();
+    let report = eval::run(&platform.addrs.gateway.to_string(), &split, usize::MAX)
+        .await
+        .unwrap();
     assert_eq!(report.users, split.held_out.len());
     assert_eq!((report.errors, report.degraded), (0, 0));
     for s in [report.platform, report.popular] {
@@ -39,5 +41,16 @@ async fn the_platform_beats_popularity_on_held_out_interactions() {
         report.popular.ndcg
     );
     assert!(report.table("generated").contains("NDCG@10"));
+
+    // The same services behind a gateway that does not rank: the merged recall order, which ranking must beat.
+    let (unranked_addr, stop) = eval::start_unranked_gateway(&platform).await.unwrap();
+    let unranked = eval::run(&unranked_addr, &split, usize::MAX).await.unwrap();
+    assert!(
+        report.platform.ndcg > unranked.platform.ndcg,
+        "ranked NDCG@10 {:.4} vs unranked {:.4}",
+        report.platform.ndcg,
+        unranked.platform.ndcg
+    );
+    let _ = stop.send(());
     platform.shutdown().await.unwrap();
 }

@@ -18,6 +18,34 @@ use reco_proto::gateway::v1::{RecommendRequest, gateway_client::GatewayClient};
 
 use crate::platform::Platform;
 
+/// A second gateway over `platform`'s services that serves the merged recall order without ranking, to measure
+/// what ranking adds. Stops when the returned sender is dropped or sent to.
+pub async fn start_unranked_gateway(
+    platform: &Platform,
+) -> anyhow::Result<(String, tokio::sync::oneshot::Sender<()>)> {
+    let a = &platform.addrs;
+    let cfg = reco_gateway::Config {
+        feature_addr: a.feature.to_string(),
+        cache_addr: a.cache.to_string(),
+        vector_addr: a.vector.to_string(),
+        graph_addr: a.graph.to_string(),
+        ranking_addr: a.ranking.to_string(),
+        no_rank: true,
+        ..platform.gateway_config.clone()
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?.to_string();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = reco_gateway::build(&cfg)?;
+    tokio::spawn(server.serve(listener, async {
+        let _ = stopped.await;
+    }));
+    reco_server::wait_serving(&addr, Duration::from_secs(10))
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
+    Ok((addr, stop))
+}
+
 /// Cut-off of every metric.
 pub const K: usize = 10;
 
@@ -151,6 +179,8 @@ pub fn popular_for(popular: &[usize], seen: &HashSet<usize>) -> Vec<usize> {
 pub struct Report {
     pub users: usize,
     pub platform: Scores,
+    /// The same platform with ranking off (the merged recall order), when measured.
+    pub unranked: Option<Scores>,
     pub popular: Scores,
     pub errors: usize,
     pub degraded: usize,
@@ -162,8 +192,8 @@ fn hist() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
 }
 
-/// Asks the platform for every test user (at most `max_users`, in id order) and scores the answers.
-pub async fn run(platform: &Platform, split: &Split, max_users: usize) -> anyhow::Result<Report> {
+/// Asks the gateway at `gateway` for every test user (at most `max_users`, in id order) and scores the answers.
+pub async fn run(gateway: &str, split: &Split, max_users: usize) -> anyhow::Result<Report> {
     let train = &split.train;
     let mut counts = vec![0usize; train.items.len()];
     let mut seen: HashMap<usize, HashSet<usize>> = HashMap::new();
@@ -180,7 +210,7 @@ pub async fn run(platform: &Platform, split: &Split, max_users: usize) -> anyhow
         .map(|(i, r)| (r.id.as_str(), i))
         .collect();
 
-    let mut client = GatewayClient::new(reco_server::channel(&platform.addrs.gateway.to_string())?);
+    let mut client = GatewayClient::new(reco_server::channel(gateway)?);
     let (mut ours, mut base) = (Mean::default(), Mean::default());
     let (mut errors, mut degraded) = (0, 0);
     let mut latency = hist();
@@ -229,6 +259,7 @@ pub async fn run(platform: &Platform, split: &Split, max_users: usize) -> anyhow
     Ok(Report {
         users: ours.n,
         platform: ours.get(),
+        unranked: None,
         popular: base.get(),
         errors,
         degraded,
@@ -252,7 +283,12 @@ impl Report {
             "  {:<18} {:>10} {:>10} {:>10}",
             "", "HitRate@10", "NDCG@10", "Recall@10"
         );
-        for (label, s) in [("reco", self.platform), ("popularity", self.popular)] {
+        let rows = [
+            ("reco", Some(self.platform)),
+            ("reco, no ranking", self.unranked),
+            ("popularity", Some(self.popular)),
+        ];
+        for (label, s) in rows.into_iter().filter_map(|(l, s)| s.map(|s| (l, s))) {
             let _ = writeln!(
                 out,
                 "  {label:<18} {:>10.4} {:>10.4} {:>10.4}",
@@ -288,8 +324,10 @@ impl Report {
     /// One JSON object with the figures, for scripts.
     pub fn json(&self, name: &str) -> String {
         format!(
-            "{{\"dataset\":{name:?},\"users\":{},\"reco\":{{\"hit_rate\":{:.4},\"ndcg\":{:.4},\"recall\":{:.4}}},\"popularity\":{{\"hit_rate\":{:.4},\"ndcg\":{:.4},\"recall\":{:.4}}},\"p50_ms\":{:.2},\"p99_ms\":{:.2},\"errors\":{},\"degraded\":{}}}",
+            "{{\"dataset\":{name:?},\"users\":{},\"unranked_ndcg\":{},\"reco\":{{\"hit_rate\":{:.4},\"ndcg\":{:.4},\"recall\":{:.4}}},\"popularity\":{{\"hit_rate\":{:.4},\"ndcg\":{:.4},\"recall\":{:.4}}},\"p50_ms\":{:.2},\"p99_ms\":{:.2},\"errors\":{},\"degraded\":{}}}",
             self.users,
+            self.unranked
+                .map_or("null".to_string(), |u| format!("{:.4}", u.ndcg)),
             self.platform.hit,
             self.platform.ndcg,
             self.platform.recall,

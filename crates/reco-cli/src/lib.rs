@@ -7,3 +7,4 @@ pub mod load;
 pub mod platform;
 pub mod show;
 pub mod sync;
+pub mod train;

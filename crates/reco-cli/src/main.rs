@@ -30,9 +30,42 @@ enum Command {
     /// Hold out each user's latest interactions, load the rest into a platform of its own, and score its
     /// recommendations (HitRate, NDCG, Recall at 10) beside a popularity baseline.
     Eval(EvalArgs),
+    /// Learn the ranking model from a dataset (split by time: features from the past, labels from what came next)
+    /// and write it as a model file the ranking service loads (and reloads when it changes).
+    Train(TrainArgs),
     /// Bulk-load a dataset into running services: features into a new version, switched to atomically once
     /// complete, then vectors, graph edges and sequences.
     Sync(SyncArgs),
+}
+
+#[derive(clap::Args)]
+struct TrainArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Where to write the model.
+    #[arg(long, default_value = "model.json")]
+    out: std::path::PathBuf,
+    /// The model's version name (default: trained-<unix seconds>).
+    #[arg(long)]
+    version: Option<String>,
+}
+
+async fn train(args: TrainArgs) -> anyhow::Result<()> {
+    let data = args.data.load()?;
+    let version = args
+        .version
+        .unwrap_or_else(|| reco_cli::load::version_now().replace("snapshot", "trained"));
+    let t = reco_cli::train::train_on(&data, args.data.seed, &version)?;
+    t.model.save(&args.out)?;
+    println!(
+        "model {version}: AUC {:.4} on {} held-out rows ({} training rows); the built-in model scores {:.4}",
+        t.auc, t.test_rows, t.train_rows, t.default_auc
+    );
+    for (f, w) in t.model.file().features.iter().zip(&t.model.file().weights) {
+        println!("  {f:<22} {w:>10.4}");
+    }
+    println!("wrote {}", args.out.display());
+    Ok(())
 }
 
 #[derive(clap::Args)]
@@ -115,6 +148,12 @@ struct EvalArgs {
     /// Also print the figures as one JSON object.
     #[arg(long)]
     json: bool,
+    /// Rank with this model file instead of the built-in one.
+    #[arg(long, conflicts_with = "train_ranker")]
+    model: Option<std::path::PathBuf>,
+    /// Train the ranking model on the training part first (its own split by time), and rank with it.
+    #[arg(long)]
+    train_ranker: bool,
 }
 
 async fn eval(args: EvalArgs) -> anyhow::Result<()> {
@@ -139,10 +178,27 @@ async fn eval(args: EvalArgs) -> anyhow::Result<()> {
         split.held_out.len(),
         split.train.events.len()
     );
+    let mut cfg = PlatformConfig::default();
+    let _model_dir = tempfile::tempdir()?;
+    if args.train_ranker {
+        let t = reco_cli::train::train_on(&split.train, args.data.seed, "trained-for-eval")?;
+        println!(
+            "trained the ranker on the training part: AUC {:.4} (built-in model {:.4}) on {} held-out rows",
+            t.auc, t.default_auc, t.test_rows
+        );
+        let path = _model_dir.path().join("model.json");
+        t.model.save(&path)?;
+        cfg.ranking.model = Some(path);
+    } else {
+        cfg.ranking.model = args.model.clone();
+    }
     let snap = reco_data::derive(&split.train, args.data.seed);
-    let platform = Platform::start(PlatformConfig::default()).await?;
+    let platform = Platform::start(cfg).await?;
     load::load(snap, &platform.addrs).await?;
-    let report = eval::run(&platform, &split, args.max_users).await?;
+    let mut report = eval::run(&platform.addrs.gateway.to_string(), &split, args.max_users).await?;
+    let (unranked, stop) = eval::start_unranked_gateway(&platform).await?;
+    report.unranked = Some(eval::run(&unranked, &split, args.max_users).await?.platform);
+    let _ = stop.send(());
     print!("{}", report.table(&data.name));
     if args.json {
         println!("{}", report.json(&data.name));
@@ -262,6 +318,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Up(args) => up(args).await,
         Command::Eval(args) => eval(args).await,
         Command::Sync(args) => sync(args).await,
+        Command::Train(args) => train(args).await,
         Command::Recommend(args) => {
             let req = RecommendRequest {
                 user_id: args.user,

@@ -77,6 +77,8 @@ impl Addrs {
 /// The running platform. [`Platform::shutdown`] drains every service; dropping it stops them too.
 pub struct Platform {
     pub addrs: Addrs,
+    /// The gateway's settings, for starting another gateway over the same services.
+    pub gateway_config: reco_gateway::Config,
     stop: watch::Sender<bool>,
     tasks: Vec<(
         &'static str,
@@ -148,7 +150,12 @@ impl Platform {
         for (name, server, listener) in servers {
             tasks.push((name, tokio::spawn(server.serve(listener, signal(&stop)))));
         }
-        let platform = Self { addrs, stop, tasks };
+        let platform = Self {
+            addrs,
+            gateway_config: cfg.gateway.clone(),
+            stop,
+            tasks,
+        };
         for (name, addr) in platform.addrs.all() {
             reco_server::wait_serving(&addr.to_string(), Duration::from_secs(10))
                 .await

@@ -11,6 +11,8 @@
 
 pub mod features;
 mod linear;
+mod reload;
+pub mod train;
 
 use std::collections::BTreeMap;
 
@@ -18,6 +20,7 @@ use async_trait::async_trait;
 use reco_types::{Embedding, Features, ItemId, Name, SourceHit, UserId};
 
 pub use linear::{LinearModel, ModelFile};
+pub use reload::ReloadingModel;
 
 /// Most candidates one request may rank.
 pub const MAX_CANDIDATES: usize = reco_types::MAX_CANDIDATES;

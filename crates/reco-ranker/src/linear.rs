@@ -91,6 +91,24 @@ impl LinearModel {
         Ok(Self { model })
     }
 
+    /// The model as its file holds it.
+    pub fn file(&self) -> &ModelFile {
+        &self.model
+    }
+
+    /// Writes the model as JSON to `path`, through a temporary file renamed into place, so a reader watching the
+    /// file never sees half of it.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let err = |reason: String| RankerError::Load {
+            path: path.display().to_string(),
+            reason,
+        };
+        let tmp = path.with_extension("json.tmp");
+        let text = serde_json::to_string_pretty(&self.model).map_err(|e| err(e.to_string()))?;
+        std::fs::write(&tmp, text).map_err(|e| err(e.to_string()))?;
+        std::fs::rename(&tmp, path).map_err(|e| err(e.to_string()))
+    }
+
     /// Loads a JSON model file.
     pub fn load(path: &Path) -> Result<Self> {
         let err = |reason: String| RankerError::Load {

@@ -79,6 +79,10 @@ pub struct Config {
     #[arg(long, env = "RECO_BUDGET_RANKING_MS", default_value_t = 30)]
     pub budget_ranking_ms: u64,
 
+    /// Serve the merged recall order without calling ranking (to measure what ranking adds).
+    #[arg(long, env = "RECO_NO_RANK")]
+    pub no_rank: bool,
+
     /// Candidates taken from the user's CF pool.
     #[arg(long, env = "RECO_RECALL_CF_K", default_value_t = 200)]
     pub cf_k: u32,
@@ -162,6 +166,7 @@ impl Config {
             features_budget: ms(self.budget_features_ms),
             cache_budget: ms(self.budget_cache_ms),
             ranking_budget: ms(self.budget_ranking_ms),
+            rank: !self.no_rank,
             max_candidates: self.max_candidates as usize,
             popular_share: self.popular_share,
             per_category: self.per_category as usize,

@@ -60,6 +60,8 @@ pub struct PipelineConfig {
     pub features_budget: Duration,
     pub cache_budget: Duration,
     pub ranking_budget: Duration,
+    /// Score candidates with the ranking service; off serves the merged recall order (for comparisons).
+    pub rank: bool,
     pub max_candidates: usize,
     pub popular_share: f32,
     pub per_category: usize,
@@ -471,6 +473,10 @@ impl Pipeline {
             answer
                 .stages
                 .push(StageReport::skipped("rank", "no candidates"));
+        } else if !self.cfg.rank {
+            answer
+                .stages
+                .push(StageReport::skipped("rank", "ranking is off: recall order"));
         } else {
             let mut ranking = self.clients.ranking.clone();
             let budget = deadline.carve(self.cfg.ranking_budget, Duration::ZERO);

@@ -7,10 +7,10 @@
 mod api;
 mod error;
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use reco_proto::ranking::v1::ranking_server::RankingServer;
-use reco_ranker::{LinearModel, Ranker};
+use reco_ranker::{LinearModel, Ranker, ReloadingModel};
 use reco_server::{GrpcServer, ServerArgs};
 use reco_telemetry::TelemetryArgs;
 
@@ -38,9 +38,13 @@ pub struct Config {
     /// Model backend.
     #[arg(long = "backend", env = "RECO_RANKING_BACKEND", value_enum, default_value_t = Backend::Linear)]
     pub backend: Backend,
-    /// Model file (JSON). Without it the built-in default model serves.
+    /// Model file (JSON, as `reco train` writes it). Without it the built-in default model serves. The file is
+    /// watched: a new valid model replaces the serving one without dropping a request; an invalid one is refused.
     #[arg(long, env = "RECO_RANKING_MODEL")]
     pub model: Option<PathBuf>,
+    /// How often the model file is checked for changes, in ms.
+    #[arg(long, env = "RECO_RANKING_RELOAD_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..))]
+    pub reload_ms: u64,
 }
 
 impl Default for Config {
@@ -57,12 +61,41 @@ impl Config {
     }
 }
 
-/// Loads the configured model; a model the platform cannot feed is refused here, at start-up.
+/// Loads the configured model; a model the platform cannot feed is refused here, at start-up. A model file is
+/// then watched from a background task (so this must run inside a Tokio runtime), which stops when the model is
+/// dropped.
 pub fn open_ranker(config: &Config) -> anyhow::Result<Arc<dyn Ranker>> {
     Ok(match (config.backend, &config.model) {
-        (Backend::Linear, Some(path)) => Arc::new(LinearModel::load(path)?),
+        (Backend::Linear, Some(path)) => {
+            let model = Arc::new(ReloadingModel::open(path)?);
+            watch(
+                Arc::downgrade(&model),
+                Duration::from_millis(config.reload_ms),
+            );
+            model
+        }
         (Backend::Linear, None) => Arc::new(LinearModel::default_model()),
     })
+}
+
+fn watch(model: std::sync::Weak<ReloadingModel>, every: Duration) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(model) = model.upgrade() else { return };
+            match model.reload_if_changed() {
+                Ok(true) => {
+                    tracing::info!(path = %model.path().display(), version = %model.model_version(), "model reloaded")
+                }
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::error!(path = %model.path().display(), %error, "new model file refused; the previous model keeps serving")
+                }
+            }
+        }
+    });
 }
 
 /// The service over a given model, ready to serve.
