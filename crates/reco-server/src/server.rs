@@ -34,6 +34,14 @@ pub struct ServerArgs {
     pub drain_timeout_ms: u64,
 }
 
+impl ServerArgs {
+    /// The address to listen on: `--listen`, or 127.0.0.1 on the service's own default port.
+    pub fn listen_or(&self, default_port: u16) -> SocketAddr {
+        self.listen
+            .unwrap_or(SocketAddr::from(([127, 0, 0, 1], default_port)))
+    }
+}
+
 impl Default for ServerArgs {
     fn default() -> Self {
         Self {

@@ -73,9 +73,7 @@ impl Default for Config {
 
 impl Config {
     pub fn listen_addr(&self) -> SocketAddr {
-        self.server
-            .listen
-            .unwrap_or(SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)))
+        self.server.listen_or(DEFAULT_PORT)
     }
 }
 
