@@ -217,6 +217,9 @@ struct UpArgs {
     base_port: u16,
     #[command(flatten)]
     data: DataArgs,
+    /// Keep the durable stores' files here (kept across runs); without it a temporary directory is used.
+    #[arg(long, env = "RECO_DATA_DIR")]
+    data_dir: Option<std::path::PathBuf>,
     /// Start empty, loading nothing.
     #[arg(long)]
     no_data: bool,
@@ -256,6 +259,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     let platform = Platform::start(PlatformConfig {
         host: args.host,
         base_port: args.base_port,
+        data_dir: args.data_dir.clone(),
         ..Default::default()
     })
     .await?;

@@ -24,6 +24,8 @@ pub const SERVICES: [&str; 6] = [
 #[derive(Clone, Debug)]
 pub struct PlatformConfig {
     pub host: std::net::IpAddr,
+    /// Where durable embedded stores keep their files; None uses a temporary directory removed at shutdown.
+    pub data_dir: Option<std::path::PathBuf>,
     /// The gateway's port; the others follow it (+1 .. +5). 0 gives every service a free port.
     pub base_port: u16,
     pub feature: reco_feature::Config,
@@ -38,6 +40,7 @@ impl Default for PlatformConfig {
     fn default() -> Self {
         Self {
             host: [127, 0, 0, 1].into(),
+            data_dir: None,
             base_port: 0,
             feature: Default::default(),
             cache: Default::default(),
@@ -77,6 +80,8 @@ impl Addrs {
 /// The running platform. [`Platform::shutdown`] drains every service; dropping it stops them too.
 pub struct Platform {
     pub addrs: Addrs,
+    /// The temporary data directory, when none was given; removed when the platform is dropped.
+    _data_dir: Option<tempfile::TempDir>,
     /// The gateway's settings, for starting another gateway over the same services.
     pub gateway_config: reco_gateway::Config,
     stop: watch::Sender<bool>,
@@ -116,6 +121,17 @@ impl Platform {
             graph: graph_l.local_addr()?,
             ranking: ranking_l.local_addr()?,
         };
+        let temp_dir = match &cfg.data_dir {
+            Some(dir) => {
+                cfg.feature.data_dir = dir.join("feature");
+                None
+            }
+            None => {
+                let t = tempfile::tempdir().context("cannot make a temporary data directory")?;
+                cfg.feature.data_dir = t.path().join("feature");
+                Some(t)
+            }
+        };
         cfg.vector.feature_addr = Some(addrs.feature.to_string());
         cfg.gateway.feature_addr = addrs.feature.to_string();
         cfg.gateway.cache_addr = addrs.cache.to_string();
@@ -152,6 +168,7 @@ impl Platform {
         }
         let platform = Self {
             addrs,
+            _data_dir: temp_dir,
             gateway_config: cfg.gateway.clone(),
             stop,
             tasks,

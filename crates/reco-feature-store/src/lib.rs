@@ -8,16 +8,19 @@
 //!   └── popular items
 //! ```
 //!
-//! Backends: [`MemoryFeatureStore`] (embedded default). Production backends implement the same trait and run the
-//! same shared suite ([`suite`]).
+//! Backends: [`RedbFeatureStore`] (durable embedded default, one redb file) and [`MemoryFeatureStore`] (in memory,
+//! for tests and throwaway runs). Production backends implement the same trait and run the same shared suite
+//! ([`suite`]).
 
 mod memory;
+mod redb_store;
 pub mod suite;
 
 use async_trait::async_trait;
 use reco_types::{Candidate, Event, FeatureVersion, Item, ItemId, User, UserId};
 
 pub use memory::MemoryFeatureStore;
+pub use redb_store::RedbFeatureStore;
 
 /// Sequence length kept per user unless configured otherwise.
 pub const DEFAULT_MAX_EVENTS: usize = 50;

@@ -11,7 +11,7 @@ mod error;
 
 use std::{net::SocketAddr, sync::Arc};
 
-use reco_feature_store::{DEFAULT_MAX_EVENTS, FeatureStore, MemoryFeatureStore};
+use reco_feature_store::{DEFAULT_MAX_EVENTS, FeatureStore, MemoryFeatureStore, RedbFeatureStore};
 use reco_proto::feature::v1::feature_service_server::FeatureServiceServer;
 use reco_server::{GrpcServer, ServerArgs};
 use reco_telemetry::TelemetryArgs;
@@ -25,7 +25,9 @@ pub const DEFAULT_PORT: u16 = 50052;
 /// Which store backs the service.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Backend {
-    /// In-process maps (embedded default).
+    /// A durable file under `--data-dir` (redb; embedded default).
+    Redb,
+    /// In-process maps, lost on exit (tests, throwaway runs).
     Memory,
 }
 
@@ -38,8 +40,11 @@ pub struct Config {
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
     /// Store backend.
-    #[arg(long = "backend", env = "RECO_FEATURE_BACKEND", value_enum, default_value_t = Backend::Memory)]
+    #[arg(long = "backend", env = "RECO_FEATURE_BACKEND", value_enum, default_value_t = Backend::Redb)]
     pub backend: Backend,
+    /// Where the redb backend keeps its file (`features.redb`).
+    #[arg(long, env = "RECO_DATA_DIR", default_value = "data")]
+    pub data_dir: std::path::PathBuf,
     /// Events kept per user in the real-time sequence.
     #[arg(long, env = "RECO_FEATURE_MAX_EVENTS", default_value_t = DEFAULT_MAX_EVENTS, value_parser = parse_max_events)]
     pub max_events: usize,
@@ -70,6 +75,9 @@ impl Config {
 pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn FeatureStore>> {
     Ok(match config.backend {
         Backend::Memory => Arc::new(MemoryFeatureStore::new()),
+        Backend::Redb => Arc::new(RedbFeatureStore::open(
+            &config.data_dir.join("features.redb"),
+        )?),
     })
 }
 
