@@ -242,3 +242,58 @@ async fn a_service_stops_serving_on_shutdown_and_releases_its_port() {
         "the port is released"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_over_400_kb_is_refused_naming_its_size_and_the_limit() {
+    let t = TestPlatform::start().await;
+    let mut f = FeatureServiceClient::new(ch(t.platform.addrs.feature));
+    // 40 string features of 12 KB each: every field is valid, the row is not.
+    let big = reco_proto::common::v1::Features {
+        values: (0..40)
+            .map(|i| {
+                (
+                    format!("blob{i}"),
+                    reco_proto::common::v1::FeatureValue {
+                        kind: Some(reco_proto::common::v1::feature_value::Kind::StringValue(
+                            "x".repeat(12 * 1024),
+                        )),
+                    },
+                )
+            })
+            .collect(),
+    };
+    let err = f
+        .put_item_features(feature::PutItemFeaturesRequest {
+            items: vec![
+                feature::Item {
+                    item_id: "small".into(),
+                    ..Default::default()
+                },
+                feature::Item {
+                    item_id: "huge".into(),
+                    features: Some(big),
+                    ..Default::default()
+                },
+            ],
+            feature_version: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("items[1]") && err.message().contains("409600"),
+        "{}",
+        err.message()
+    );
+    // Nothing of the batch was written.
+    let got = f
+        .batch_get_item_features(feature::BatchGetItemFeaturesRequest {
+            item_ids: vec!["small".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.missing_item_ids, ["small"]);
+    t.platform.shutdown().await.unwrap();
+}

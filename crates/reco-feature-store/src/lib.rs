@@ -22,6 +22,29 @@ use reco_types::{Candidate, Event, FeatureVersion, Item, ItemId, User, UserId};
 pub use memory::MemoryFeatureStore;
 pub use redb_store::RedbFeatureStore;
 
+/// Largest stored row (a user, an item, a recall pool, a sequence), in bytes: DynamoDB's item limit, applied to
+/// every backend so a row that loads into one loads into all.
+pub const MAX_ROW_BYTES: usize = 400 * 1024;
+
+/// Refuses a row whose stored form would pass [`MAX_ROW_BYTES`], naming its size and the limit.
+pub fn check_row_size<T: serde::Serialize>(
+    field: &str,
+    row: &T,
+) -> Result<(), reco_types::ValidationError> {
+    let size = serde_json::to_vec(row)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
+    if size > MAX_ROW_BYTES {
+        return Err(reco_types::ValidationError::new(
+            field,
+            format!(
+                "is {size} bytes stored, the limit is {MAX_ROW_BYTES} (DynamoDB's 400 KB item limit)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Sequence length kept per user unless configured otherwise.
 pub const DEFAULT_MAX_EVENTS: usize = 50;
 

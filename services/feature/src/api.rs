@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use reco_feature_store::FeatureStore;
+use reco_feature_store::{FeatureStore, check_row_size};
 use reco_proto::{
     conversions::{candidates, each},
     feature::v1::{self as pb, feature_service_server::FeatureService},
@@ -161,7 +161,11 @@ impl FeatureApi {
             merge,
         } = request;
         check_batch("users", users.len())?;
-        let users = each("users", users, User::try_from)?;
+        let users = each("users", users, |u| {
+            let u = User::try_from(u)?;
+            check_row_size("", &u)?;
+            Ok(u)
+        })?;
         let version = version(&feature_version)?;
         let written = self.store.put_users(version.as_ref(), users, merge).await?;
         Ok(pb::PutUserFeaturesResponse {
@@ -178,7 +182,11 @@ impl FeatureApi {
             feature_version,
         } = request;
         check_batch("items", items.len())?;
-        let items = each("items", items, Item::try_from)?;
+        let items = each("items", items, |i| {
+            let i = Item::try_from(i)?;
+            check_row_size("", &i)?;
+            Ok(i)
+        })?;
         let version = version(&feature_version)?;
         let written = self.store.put_items(version.as_ref(), items).await?;
         Ok(pb::PutItemFeaturesResponse {
@@ -200,10 +208,9 @@ impl FeatureApi {
                 user_id,
                 candidates: c,
             } = p;
-            Ok((
-                UserId::parse("user_id", &user_id)?,
-                candidates("candidates", c)?,
-            ))
+            let list = candidates("candidates", c)?;
+            check_row_size("candidates", &list)?;
+            Ok((UserId::parse("user_id", &user_id)?, list))
         })?;
         let version = version(&feature_version)?;
         let written = self.store.put_recall_pools(version.as_ref(), pools).await?;
