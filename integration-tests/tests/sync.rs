@@ -63,6 +63,21 @@ async fn vector_stats(t: &TestPlatform) -> reco_proto::vector_recall::v1::StatsR
     v.stats(StatsRequest {}).await.unwrap().into_inner()
 }
 
+async fn has_features(t: &TestPlatform, user: &str) -> bool {
+    let mut f = FeatureServiceClient::new(
+        reco_server::channel(&t.platform.addrs.feature.to_string()).unwrap(),
+    );
+    f.get_user_context(GetUserContextRequest {
+        user_id: user.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .features
+    .is_some()
+}
+
 async fn user_found(t: &TestPlatform, user: &str) -> bool {
     let mut f = FeatureServiceClient::new(
         reco_server::channel(&t.platform.addrs.feature.to_string()).unwrap(),
@@ -219,4 +234,31 @@ async fn a_load_interrupted_half_way_leaves_the_old_snapshot_answering() {
 
 fn reco_types_id(s: &str) -> reco_types::UserId {
     reco_types::UserId::parse("user_id", s).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_hot_key_cache_on_a_sync_switch_is_seen_at_once() {
+    let mut cfg = reco_cli::platform::PlatformConfig::default();
+    cfg.feature.cache_ttl_ms = 60_000;
+    let t = TestPlatform::start_with(cfg).await;
+    assert!(has_features(&t, &t.known_user).await, "cached now");
+    let dir = tempfile::tempdir().unwrap();
+    movielens_with_a_bad_row(dir.path());
+    let to = Targets::from(&t.platform.addrs);
+    reco_cli::sync::sync(
+        dir.path(),
+        Format::Auto,
+        false,
+        1,
+        &to,
+        Some("cached-next".into()),
+        false,
+    )
+    .await
+    .unwrap();
+    // The activation dropped every cached entry: the old users' features are not in the active version (their
+    // real-time sequences, which are not versioned, still are), the new users' are.
+    assert!(!has_features(&t, &t.known_user).await);
+    assert!(has_features(&t, "ml-a").await);
+    t.platform.shutdown().await.unwrap();
 }

@@ -12,6 +12,7 @@
 //! for tests and throwaway runs). Production backends implement the same trait and run the same shared suite
 //! ([`suite`]).
 
+mod cached;
 mod memory;
 mod redb_store;
 pub mod suite;
@@ -19,6 +20,7 @@ pub mod suite;
 use async_trait::async_trait;
 use reco_types::{Candidate, Event, FeatureVersion, Item, ItemId, User, UserId};
 
+pub use cached::CachedFeatureStore;
 pub use memory::MemoryFeatureStore;
 pub use redb_store::RedbFeatureStore;
 

@@ -11,7 +11,9 @@ mod error;
 
 use std::{net::SocketAddr, sync::Arc};
 
-use reco_feature_store::{DEFAULT_MAX_EVENTS, FeatureStore, MemoryFeatureStore, RedbFeatureStore};
+use reco_feature_store::{
+    CachedFeatureStore, DEFAULT_MAX_EVENTS, FeatureStore, MemoryFeatureStore, RedbFeatureStore,
+};
 use reco_proto::feature::v1::feature_service_server::FeatureServiceServer;
 use reco_server::{GrpcServer, ServerArgs};
 use reco_telemetry::TelemetryArgs;
@@ -45,6 +47,13 @@ pub struct Config {
     /// Where the redb backend keeps its file (`features.redb`).
     #[arg(long, env = "RECO_DATA_DIR", default_value = "data")]
     pub data_dir: std::path::PathBuf,
+    /// Keep hot user contexts and items in memory this long, in ms, coalescing concurrent reads of one key into
+    /// one backend read (0 = off). Writes through this service invalidate at once; other writers' show within it.
+    #[arg(long, env = "RECO_FEATURE_CACHE_TTL_MS", default_value_t = 0)]
+    pub cache_ttl_ms: u64,
+    /// Most users (and as many items) the hot-key cache holds.
+    #[arg(long, env = "RECO_FEATURE_CACHE_CAPACITY", default_value_t = 100_000)]
+    pub cache_capacity: u64,
     /// Events kept per user in the real-time sequence.
     #[arg(long, env = "RECO_FEATURE_MAX_EVENTS", default_value_t = DEFAULT_MAX_EVENTS, value_parser = parse_max_events)]
     pub max_events: usize,
@@ -71,13 +80,19 @@ impl Config {
     }
 }
 
-/// Opens the configured store.
+/// Opens the configured store, behind the hot-key cache when it is on.
 pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn FeatureStore>> {
-    Ok(match config.backend {
+    let store: Arc<dyn FeatureStore> = match config.backend {
         Backend::Memory => Arc::new(MemoryFeatureStore::new()),
         Backend::Redb => Arc::new(RedbFeatureStore::open(
             &config.data_dir.join("features.redb"),
         )?),
+    };
+    Ok(if config.cache_ttl_ms > 0 {
+        let ttl = std::time::Duration::from_millis(config.cache_ttl_ms);
+        Arc::new(CachedFeatureStore::new(store, ttl, config.cache_capacity))
+    } else {
+        store
     })
 }
 
