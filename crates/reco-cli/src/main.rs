@@ -30,12 +30,147 @@ enum Command {
     /// Hold out each user's latest interactions, load the rest into a platform of its own, and score its
     /// recommendations (HitRate, NDCG, Recall at 10) beside a popularity baseline.
     Eval(EvalArgs),
+    /// Load-test the gateway or the feature service: open loop at a rate (latency from the intended send time),
+    /// or closed loop; HDR percentiles, errors by status, per-stage latencies.
+    Bench(BenchArgs),
     /// Learn the ranking model from a dataset (split by time: features from the past, labels from what came next)
     /// and write it as a model file the ranking service loads (and reloads when it changes).
     Train(TrainArgs),
     /// Bulk-load a dataset into running services: features into a new version, switched to atomically once
     /// complete, then vectors, graph edges and sequences.
     Sync(SyncArgs),
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// What to call.
+    #[arg(long, value_enum, default_value = "recommend")]
+    target: reco_cli::bench::Target,
+    /// The service to load (the gateway for recommend, the feature service otherwise). Without it, a platform is
+    /// started in this process with the data flags' data, and loaded (load generator included in the figures).
+    #[arg(long)]
+    addr: Option<String>,
+    #[command(flatten)]
+    data: DataArgs,
+    /// Requests per second, open loop.
+    #[arg(long, default_value_t = 1000)]
+    rate: u32,
+    /// Closed loop instead: this many workers sending back to back.
+    #[arg(long)]
+    closed: Option<usize>,
+    /// Find the most throughput with p99 under --p99-limit-ms, in closed loop at 1, 2, 4, ... 64 workers.
+    #[arg(long)]
+    find_max: bool,
+    #[arg(long, default_value_t = 50.0)]
+    p99_limit_ms: f64,
+    /// Most requests in flight at once in open loop.
+    #[arg(long, default_value_t = 10_000)]
+    max_in_flight: usize,
+    #[arg(long, default_value_t = 10)]
+    duration_secs: u64,
+    #[arg(long, default_value_t = 2)]
+    warmup_secs: u64,
+    /// The deadline each request carries.
+    #[arg(long, default_value_t = 1000)]
+    timeout_ms: u64,
+    /// Print the figures as JSON too.
+    #[arg(long)]
+    json: bool,
+}
+
+async fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    use reco_cli::bench::{BenchConfig, Target, run};
+    let data = args.data.load()?;
+    let users: Vec<String> = data.users.iter().map(|u| u.id.clone()).collect();
+    let items: Vec<String> = data.items.iter().map(|i| i.id.clone()).collect();
+    let (platform, addr) = match &args.addr {
+        Some(a) => (None, a.clone()),
+        None => {
+            let platform = Platform::start(PlatformConfig::default()).await?;
+            load::load(reco_data::derive(&data, args.data.seed), &platform.addrs).await?;
+            let addr = match args.target {
+                Target::Recommend => platform.addrs.gateway,
+                Target::UserContext | Target::ItemBatch => platform.addrs.feature,
+            };
+            (Some(platform), addr.to_string())
+        }
+    };
+    let base = BenchConfig {
+        target: args.target,
+        addr,
+        rate: Some(args.rate),
+        concurrency: args.max_in_flight,
+        duration: Duration::from_secs(args.duration_secs),
+        warmup: Duration::from_secs(args.warmup_secs),
+        users,
+        items,
+        timeout: Duration::from_millis(args.timeout_ms),
+    };
+    if args.find_max {
+        let mut best: Option<(usize, f64, f64)> = None;
+        println!(
+            "{:>8} {:>10} {:>9} {:>9}",
+            "workers", "ok/s", "p50 ms", "p99 ms"
+        );
+        for workers in [1, 2, 4, 8, 16, 32, 64] {
+            let r = run(&BenchConfig {
+                rate: None,
+                concurrency: workers,
+                ..base.clone()
+            })
+            .await?;
+            let p99 = r.latency.value_at_quantile(0.99) as f64 / 1000.0;
+            println!(
+                "{workers:>8} {:>10.0} {:>9.2} {p99:>9.2}{}",
+                r.throughput(),
+                r.latency.value_at_quantile(0.5) as f64 / 1000.0,
+                if r.errors.is_empty() {
+                    String::new()
+                } else {
+                    format!("  errors {:?}", r.errors)
+                }
+            );
+            if p99 <= args.p99_limit_ms && best.is_none_or(|b| r.throughput() > b.1) {
+                best = Some((workers, r.throughput(), p99));
+            }
+        }
+        match best {
+            Some((w, t, p)) => println!(
+                "most throughput with p99 under {} ms: {t:.0} ok/s at {w} workers (p99 {p:.2} ms)",
+                args.p99_limit_ms
+            ),
+            None => println!("no concurrency kept p99 under {} ms", args.p99_limit_ms),
+        }
+    } else {
+        let cfg = BenchConfig {
+            rate: if args.closed.is_some() {
+                None
+            } else {
+                Some(args.rate)
+            },
+            concurrency: args.closed.unwrap_or(args.max_in_flight),
+            ..base
+        };
+        let r = run(&cfg).await?;
+        match cfg.rate {
+            Some(rate) => println!(
+                "open loop at {rate}/s against {:?} for {:?}",
+                cfg.target, cfg.duration
+            ),
+            None => println!(
+                "closed loop, {} workers, against {:?} for {:?}",
+                cfg.concurrency, cfg.target, cfg.duration
+            ),
+        }
+        print!("{}", r.table());
+        if args.json {
+            println!("{}", r.json());
+        }
+    }
+    if let Some(p) = platform {
+        p.shutdown().await?;
+    }
+    Ok(())
 }
 
 #[derive(clap::Args)]
@@ -323,6 +458,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Eval(args) => eval(args).await,
         Command::Sync(args) => sync(args).await,
         Command::Train(args) => train(args).await,
+        Command::Bench(args) => bench(args).await,
         Command::Recommend(args) => {
             let req = RecommendRequest {
                 user_id: args.user,

@@ -1,0 +1,338 @@
+//! `reco bench`: load against the gateway or a single service.
+//!
+//! Open loop (default): requests are sent on a fixed schedule (`--rate` per second) whatever the answers do, and
+//! each latency is measured from its *intended* send time, so a stall shows up as latency instead of hiding as a
+//! lower send rate (coordinated omission). Closed loop: `--concurrency` workers send back to back, to find the
+//! most the target sustains. Latencies go into an HDR histogram; errors are counted by gRPC status; against the
+//! gateway, each stage's own elapsed time (from its stage reports) is aggregated too.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use hdrhistogram::Histogram;
+use reco_proto::{
+    feature::v1::{
+        BatchGetItemFeaturesRequest, GetUserContextRequest,
+        feature_service_client::FeatureServiceClient,
+    },
+    gateway::v1::{RecommendRequest, gateway_client::GatewayClient},
+};
+use reco_server::TracedChannel;
+use tokio::sync::Semaphore;
+
+/// What to call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Target {
+    /// Gateway Recommend, a different user each call (cache bypassed).
+    Recommend,
+    /// Feature GetUserContext.
+    UserContext,
+    /// Feature BatchGetItemFeatures of 200 items.
+    ItemBatch,
+}
+
+/// One run's settings.
+#[derive(Clone, Debug)]
+pub struct BenchConfig {
+    pub target: Target,
+    pub addr: String,
+    /// Requests per second (open loop); None runs closed loop.
+    pub rate: Option<u32>,
+    pub concurrency: usize,
+    pub duration: Duration,
+    pub warmup: Duration,
+    pub users: Vec<String>,
+    pub items: Vec<String>,
+    /// The caller deadline sent with each request.
+    pub timeout: Duration,
+}
+
+/// One run's results.
+pub struct BenchReport {
+    pub sent: u64,
+    pub ok: u64,
+    pub errors: BTreeMap<String, u64>,
+    pub degraded: u64,
+    pub latency: Histogram<u64>,
+    pub stages: BTreeMap<String, Histogram<u64>>,
+    pub elapsed: Duration,
+}
+
+fn hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid bounds")
+}
+
+#[derive(Default)]
+struct Tally {
+    ok: u64,
+    errors: BTreeMap<String, u64>,
+    degraded: u64,
+    stages: BTreeMap<String, Histogram<u64>>,
+}
+
+#[derive(Clone)]
+struct Caller {
+    target: Target,
+    gateway: GatewayClient<TracedChannel>,
+    feature: FeatureServiceClient<TracedChannel>,
+    users: Arc<Vec<String>>,
+    items: Arc<Vec<String>>,
+    timeout: Duration,
+}
+
+impl Caller {
+    /// Sends call number `n`; Ok carries the stage reports (gateway) and whether the answer was degraded.
+    async fn call(&self, n: u64) -> Result<(Vec<(String, u64)>, bool), tonic::Status> {
+        let user = self.users[(n as usize) % self.users.len().max(1)].clone();
+        match self.target {
+            Target::Recommend => {
+                let mut r = tonic::Request::new(RecommendRequest {
+                    user_id: user,
+                    bypass_cache: true,
+                    ..Default::default()
+                });
+                r.set_timeout(self.timeout);
+                let a = self.gateway.clone().recommend(r).await?.into_inner();
+                Ok((
+                    a.stages
+                        .into_iter()
+                        .map(|s| (s.stage, s.elapsed_us))
+                        .collect(),
+                    a.degraded,
+                ))
+            }
+            Target::UserContext => {
+                let mut r = tonic::Request::new(GetUserContextRequest {
+                    user_id: user,
+                    ..Default::default()
+                });
+                r.set_timeout(self.timeout);
+                self.feature.clone().get_user_context(r).await?;
+                Ok((Vec::new(), false))
+            }
+            Target::ItemBatch => {
+                let start = (n as usize * 37) % self.items.len().max(1);
+                let ids = (0..200)
+                    .map(|k| self.items[(start + k) % self.items.len()].clone())
+                    .collect();
+                let mut r = tonic::Request::new(BatchGetItemFeaturesRequest {
+                    item_ids: ids,
+                    include_embeddings: true,
+                    ..Default::default()
+                });
+                r.set_timeout(self.timeout);
+                self.feature.clone().batch_get_item_features(r).await?;
+                Ok((Vec::new(), false))
+            }
+        }
+    }
+}
+
+fn record(
+    tally: &Mutex<Tally>,
+    latency: &Mutex<Histogram<u64>>,
+    took: Duration,
+    r: Result<(Vec<(String, u64)>, bool), tonic::Status>,
+) {
+    latency
+        .lock()
+        .expect("not poisoned")
+        .saturating_record(took.as_micros().max(1) as u64);
+    let mut t = tally.lock().expect("not poisoned");
+    match r {
+        Ok((stages, degraded)) => {
+            t.ok += 1;
+            t.degraded += u64::from(degraded);
+            for (stage, us) in stages {
+                if us > 0 {
+                    t.stages
+                        .entry(stage)
+                        .or_insert_with(hist)
+                        .saturating_record(us);
+                }
+            }
+        }
+        Err(s) => *t.errors.entry(format!("{:?}", s.code())).or_default() += 1,
+    }
+}
+
+/// Runs the benchmark: warm-up (not recorded), then the measured window.
+pub async fn run(cfg: &BenchConfig) -> anyhow::Result<BenchReport> {
+    anyhow::ensure!(!cfg.users.is_empty(), "no users to ask for");
+    let channel = reco_server::channel(&cfg.addr)?;
+    let caller = Caller {
+        target: cfg.target,
+        gateway: GatewayClient::new(channel.clone()),
+        feature: FeatureServiceClient::new(channel),
+        users: Arc::new(cfg.users.clone()),
+        items: Arc::new(cfg.items.clone()),
+        timeout: cfg.timeout,
+    };
+    if cfg.target == Target::ItemBatch {
+        anyhow::ensure!(!cfg.items.is_empty(), "no items to ask for");
+    }
+    // Warm-up: the same load, not recorded.
+    let _ = drive(cfg, &caller, cfg.warmup, 0).await;
+    let (tally, latency, sent, elapsed) = drive(cfg, &caller, cfg.duration, 1_000_000).await;
+    let t = std::mem::take(&mut *tally.lock().expect("not poisoned"));
+    Ok(BenchReport {
+        sent,
+        ok: t.ok,
+        errors: t.errors,
+        degraded: t.degraded,
+        latency: latency.lock().expect("not poisoned").clone(),
+        stages: t.stages,
+        elapsed,
+    })
+}
+
+type Drive = (Arc<Mutex<Tally>>, Arc<Mutex<Histogram<u64>>>, u64, Duration);
+
+async fn drive(cfg: &BenchConfig, caller: &Caller, length: Duration, offset: u64) -> Drive {
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let latency = Arc::new(Mutex::new(hist()));
+    let started = Instant::now();
+    let mut sent = 0u64;
+    match cfg.rate {
+        Some(rate) => {
+            // Open loop: call i is due at start + i / rate; its latency counts from then.
+            let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+            let in_flight = Arc::new(Semaphore::new(cfg.concurrency.max(1)));
+            let mut tasks = tokio::task::JoinSet::new();
+            loop {
+                let due = started + interval * sent as u32;
+                if due.duration_since(started) >= length {
+                    break;
+                }
+                tokio::time::sleep_until(due.into()).await;
+                let permit = in_flight
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("never closed");
+                let (c, t, l, n) = (
+                    caller.clone(),
+                    tally.clone(),
+                    latency.clone(),
+                    offset + sent,
+                );
+                tasks.spawn(async move {
+                    let r = c.call(n).await;
+                    record(&t, &l, due.elapsed(), r);
+                    drop(permit);
+                });
+                sent += 1;
+                while tasks.try_join_next().is_some() {}
+            }
+            while tasks.join_next().await.is_some() {}
+        }
+        None => {
+            // Closed loop: each worker sends its next call when the last one is answered.
+            let counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let mut tasks = tokio::task::JoinSet::new();
+            for _ in 0..cfg.concurrency.max(1) {
+                let (c, t, l, k) = (
+                    caller.clone(),
+                    tally.clone(),
+                    latency.clone(),
+                    counter.clone(),
+                );
+                tasks.spawn(async move {
+                    while started.elapsed() < length {
+                        let n = k.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let at = Instant::now();
+                        let r = c.call(offset + n).await;
+                        record(&t, &l, at.elapsed(), r);
+                    }
+                });
+            }
+            while tasks.join_next().await.is_some() {}
+            sent = counter.load(std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    (tally, latency, sent, started.elapsed())
+}
+
+impl BenchReport {
+    pub fn throughput(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    fn ms(h: &Histogram<u64>, q: f64) -> f64 {
+        h.value_at_quantile(q) as f64 / 1000.0
+    }
+
+    /// The table `reco bench` prints.
+    pub fn table(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "sent {}, ok {}, errors {:?}, degraded {}, {:.0} ok/s over {:.1?}",
+            self.sent,
+            self.ok,
+            self.errors,
+            self.degraded,
+            self.throughput(),
+            self.elapsed
+        );
+        let _ = writeln!(
+            out,
+            "  {:<26} {:>8} {:>8} {:>8} {:>8} {:>8}",
+            "latency (ms)", "p50", "p90", "p99", "p99.9", "max"
+        );
+        let mut row = |name: &str, h: &Histogram<u64>| {
+            let _ = writeln!(
+                out,
+                "  {name:<26.26} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
+                Self::ms(h, 0.5),
+                Self::ms(h, 0.9),
+                Self::ms(h, 0.99),
+                Self::ms(h, 0.999),
+                h.max() as f64 / 1000.0
+            );
+        };
+        row("end to end", &self.latency);
+        for (stage, h) in &self.stages {
+            row(stage, h);
+        }
+        out
+    }
+
+    /// The figures as one JSON object.
+    pub fn json(&self) -> String {
+        let stages: Vec<String> = self
+            .stages
+            .iter()
+            .map(|(s, h)| {
+                format!(
+                    "{s:?}:{{\"p50_ms\":{:.3},\"p99_ms\":{:.3}}}",
+                    Self::ms(h, 0.5),
+                    Self::ms(h, 0.99)
+                )
+            })
+            .collect();
+        let errors: Vec<String> = self
+            .errors
+            .iter()
+            .map(|(c, n)| format!("{c:?}:{n}"))
+            .collect();
+        format!(
+            "{{\"sent\":{},\"ok\":{},\"throughput\":{:.1},\"p50_ms\":{:.3},\"p90_ms\":{:.3},\"p99_ms\":{:.3},\"p999_ms\":{:.3},\"max_ms\":{:.3},\"degraded\":{},\"errors\":{{{}}},\"stages\":{{{}}}}}",
+            self.sent,
+            self.ok,
+            self.throughput(),
+            Self::ms(&self.latency, 0.5),
+            Self::ms(&self.latency, 0.9),
+            Self::ms(&self.latency, 0.99),
+            Self::ms(&self.latency, 0.999),
+            self.latency.max() as f64 / 1000.0,
+            self.degraded,
+            errors.join(","),
+            stages.join(",")
+        )
+    }
+}

@@ -1,0 +1,48 @@
+//! The load generator against a running platform: open loop sends on schedule, closed loop keeps its workers
+//! busy, and every call is accounted for.
+
+use std::time::Duration;
+
+use reco_cli::bench::{BenchConfig, Target, run};
+use reco_integration_tests::TestPlatform;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_and_closed_loop_runs_account_for_every_call() {
+    let t = TestPlatform::start().await;
+    let snap = reco_integration_tests::small_data();
+    let users: Vec<String> = snap.users.iter().map(|u| u.user_id.to_string()).collect();
+    let items: Vec<String> = snap.items.iter().map(|i| i.item_id.to_string()).collect();
+    let cfg = BenchConfig {
+        target: Target::Recommend,
+        addr: t.gateway_addr(),
+        rate: Some(40),
+        concurrency: 1000,
+        duration: Duration::from_secs(1),
+        warmup: Duration::from_millis(200),
+        users,
+        items,
+        timeout: Duration::from_secs(5),
+    };
+    let r = run(&cfg).await.unwrap();
+    assert_eq!(r.sent, 40, "one call per 25 ms for a second");
+    assert_eq!(r.ok + r.errors.values().sum::<u64>(), r.sent);
+    assert!(
+        r.stages.contains_key("rank") && r.stages.contains_key("user_context.features"),
+        "{:?}",
+        r.stages.keys()
+    );
+    assert!(r.table().contains("end to end") && r.json().contains("\"p99_ms\""));
+
+    let r = run(&BenchConfig {
+        target: Target::UserContext,
+        addr: t.platform.addrs.feature.to_string(),
+        rate: None,
+        concurrency: 2,
+        ..cfg.clone()
+    })
+    .await
+    .unwrap();
+    assert!(r.sent > 0 && r.errors.is_empty(), "{:?}", r.errors);
+    assert_eq!(r.ok, r.sent);
+    t.platform.shutdown().await.unwrap();
+}
