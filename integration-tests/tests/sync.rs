@@ -63,7 +63,7 @@ async fn vector_stats(t: &TestPlatform) -> reco_proto::vector_recall::v1::StatsR
     v.stats(StatsRequest {}).await.unwrap().into_inner()
 }
 
-async fn has_features(t: &TestPlatform, user: &str) -> bool {
+async fn context(t: &TestPlatform, user: &str) -> reco_proto::feature::v1::GetUserContextResponse {
     let mut f = FeatureServiceClient::new(
         reco_server::channel(&t.platform.addrs.feature.to_string()).unwrap(),
     );
@@ -74,22 +74,16 @@ async fn has_features(t: &TestPlatform, user: &str) -> bool {
     .await
     .unwrap()
     .into_inner()
-    .features
-    .is_some()
 }
 
+/// Anything at all is known of the user (features, pool, or real-time events, which are not versioned).
 async fn user_found(t: &TestPlatform, user: &str) -> bool {
-    let mut f = FeatureServiceClient::new(
-        reco_server::channel(&t.platform.addrs.feature.to_string()).unwrap(),
-    );
-    f.get_user_context(GetUserContextRequest {
-        user_id: user.into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .found
+    context(t, user).await.found
+}
+
+/// The active version holds features for the user.
+async fn has_features(t: &TestPlatform, user: &str) -> bool {
+    context(t, user).await.features.is_some()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
