@@ -85,6 +85,7 @@ pub struct Platform {
     /// The gateway's settings, for starting another gateway over the same services.
     pub gateway_config: reco_gateway::Config,
     stop: watch::Sender<bool>,
+    stop_gateway: watch::Sender<bool>,
     tasks: Vec<(
         &'static str,
         JoinHandle<Result<(), reco_server::ServerError>>,
@@ -139,7 +140,9 @@ impl Platform {
         cfg.gateway.graph_addr = addrs.graph.to_string();
         cfg.gateway.ranking_addr = addrs.ranking.to_string();
 
+        // The gateway stops first, so its after-answer writes still find the cache service up.
         let (stop, _) = watch::channel(false);
+        let (stop_gateway, _) = watch::channel(false);
         let signal = |stop: &watch::Sender<bool>| {
             let mut rx = stop.subscribe();
             async move {
@@ -164,13 +167,19 @@ impl Platform {
         ];
         let mut tasks = Vec::new();
         for (name, server, listener) in servers {
-            tasks.push((name, tokio::spawn(server.serve(listener, signal(&stop)))));
+            let signal = signal(if name == "gateway" {
+                &stop_gateway
+            } else {
+                &stop
+            });
+            tasks.push((name, tokio::spawn(server.serve(listener, signal))));
         }
         let platform = Self {
             addrs,
             _data_dir: temp_dir,
             gateway_config: cfg.gateway.clone(),
             stop,
+            stop_gateway,
             tasks,
         };
         for (name, addr) in platform.addrs.all() {
@@ -183,9 +192,15 @@ impl Platform {
 
     /// Drains and stops every service, reporting the first that failed.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
-        let _ = self.stop.send(true);
+        let _ = self.stop_gateway.send(true);
         let mut first_error = None;
-        for (name, task) in self.tasks.drain(..) {
+        // The gateway (last started) drains first, then the services it writes to.
+        let mut tasks: Vec<_> = self.tasks.drain(..).collect();
+        tasks.reverse();
+        for (name, task) in tasks {
+            if name != "gateway" {
+                let _ = self.stop.send(true);
+            }
             match task.await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
@@ -202,6 +217,7 @@ impl Platform {
 
 impl Drop for Platform {
     fn drop(&mut self) {
+        let _ = self.stop_gateway.send(true);
         let _ = self.stop.send(true);
     }
 }

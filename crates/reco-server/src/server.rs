@@ -67,6 +67,7 @@ pub enum ServerError {
 }
 
 type Readiness = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+type AfterDrain = Pin<Box<dyn Future<Output = ()> + Send>>;
 type ReadinessProbe = Box<dyn Fn() -> Readiness + Send + Sync>;
 
 /// A gRPC server with the layers, health and reflection every reco service has.
@@ -78,6 +79,8 @@ pub struct GrpcServer {
     health: HealthReporter,
     draining: tokio::sync::watch::Sender<bool>,
     readiness: Option<ReadinessProbe>,
+    /// In a mutex only so the server (held across awaits in `serve`) stays `Sync`.
+    after_drain: std::sync::Mutex<Option<AfterDrain>>,
 }
 
 impl GrpcServer {
@@ -99,6 +102,7 @@ impl GrpcServer {
             health,
             draining,
             readiness: None,
+            after_drain: std::sync::Mutex::new(None),
         }
     }
 
@@ -125,6 +129,13 @@ impl GrpcServer {
         Fut: Future<Output = Result<(), String>> + Send + 'static,
     {
         self.readiness = Some(Box::new(move || Box::pin(probe())));
+        self
+    }
+
+    /// Work to finish once requests have drained (background writes a handler started), within the same drain
+    /// timeout.
+    pub fn after_drain(mut self, work: impl Future<Output = ()> + Send + 'static) -> Self {
+        self.after_drain = std::sync::Mutex::new(Some(Box::pin(work)));
         self
     }
 
@@ -233,7 +244,15 @@ impl GrpcServer {
         let _ = stop_tx.send(());
         let drain = Duration::from_millis(self.args.drain_timeout_ms);
         let abort = server.abort_handle();
-        match tokio::time::timeout(drain, server).await {
+        let after = self.after_drain.lock().expect("not poisoned").take();
+        let drained = async move {
+            let served = server.await;
+            if let Some(work) = after {
+                work.await;
+            }
+            served
+        };
+        match tokio::time::timeout(drain, drained).await {
             Ok(Ok(result)) => Ok(result?),
             Ok(Err(join)) => panic!("server task failed: {join}"),
             Err(_) => {

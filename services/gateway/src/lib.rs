@@ -274,8 +274,12 @@ pub fn pipeline(config: &Config, d: &Downstreams) -> anyhow::Result<Pipeline> {
 
 /// The gateway over a pipeline, ready to serve once its downstreams are.
 pub fn server(config: &Config, pipeline: Pipeline, downstreams: Downstreams) -> GrpcServer {
+    let pipeline = Arc::new(pipeline);
+    let background = pipeline.clone();
     GrpcServer::new("gateway", config.server.clone())
-        .add_service(GatewayServer::new(GatewayApi::new(Arc::new(pipeline))))
+        .add_service(GatewayServer::new(GatewayApi::new(pipeline)))
+        // Result-cache and impression writes started by answered requests complete before the process exits.
+        .after_drain(async move { background.finish_background().await })
         .readiness(move || {
             let d = downstreams.clone();
             async move { d.ready().await }

@@ -149,6 +149,8 @@ pub struct Pipeline {
     cfg: PipelineConfig,
     clients: Clients,
     sources: Vec<Box<dyn RecallSource>>,
+    /// The after-answer writes in flight, so a shutdown can wait for them instead of losing impressions.
+    background: tokio_util::task::TaskTracker,
 }
 
 impl Pipeline {
@@ -157,11 +159,19 @@ impl Pipeline {
             cfg,
             clients,
             sources,
+            background: tokio_util::task::TaskTracker::new(),
         }
     }
 
     pub fn config(&self) -> &PipelineConfig {
         &self.cfg
+    }
+
+    /// Completes when every after-answer write started so far has finished; no new ones start after.
+    pub fn finish_background(&self) -> impl std::future::Future<Output = ()> + use<> {
+        self.background.close();
+        let tracker = self.background.clone();
+        async move { tracker.wait().await }
     }
 
     /// Runs the whole pipeline for one request.
@@ -703,7 +713,7 @@ impl Pipeline {
             .collect();
         let ttl = self.cfg.result_ttl;
         let write_cache = !answer.degraded;
-        tokio::spawn(async move {
+        self.background.spawn(async move {
             let ids = items.iter().map(|c| c.item_id.clone()).collect();
             // A degraded answer is not cached, so the next call gets a chance at a full one.
             if write_cache {
