@@ -37,6 +37,18 @@ impl CachedFeatureStore {
         }
     }
 
+    /// Drops the cached entries of `ids` as read through `version` and through the active version.
+    async fn forget<K, V>(cache: &Cache<Key<K>, V>, version: VersionSel<'_>, ids: Vec<K>)
+    where
+        K: std::hash::Hash + Eq + Clone + Send + Sync + 'static,
+        V: Clone + Send + Sync + 'static,
+    {
+        for id in ids {
+            cache.invalidate(&(version.cloned(), id.clone())).await;
+            cache.invalidate(&(None, id)).await;
+        }
+    }
+
     fn forget_all(&self) {
         self.contexts.invalidate_all();
         self.items.invalidate_all();
@@ -72,14 +84,7 @@ impl FeatureStore for CachedFeatureStore {
             })
             .await
             .map_err(unshare)?;
-        let mut ctx = (*full).clone();
-        if max_pool > 0 {
-            ctx.recall_pool.truncate(max_pool);
-        }
-        if max_events > 0 {
-            ctx.recent_events.truncate(max_events);
-        }
-        Ok(ctx)
+        Ok((*full).clone().limited(max_events, max_pool))
     }
 
     async fn items(
@@ -145,22 +150,14 @@ impl FeatureStore for CachedFeatureStore {
     ) -> Result<usize> {
         let ids: Vec<UserId> = users.iter().map(|u| u.user_id.clone()).collect();
         let n = self.inner.put_users(version, users, merge).await?;
-        for id in ids {
-            self.contexts
-                .invalidate(&(version.cloned(), id.clone()))
-                .await;
-            self.contexts.invalidate(&(None, id)).await;
-        }
+        Self::forget(&self.contexts, version, ids).await;
         Ok(n)
     }
 
     async fn put_items(&self, version: VersionSel<'_>, items: Vec<Item>) -> Result<usize> {
         let ids: Vec<ItemId> = items.iter().map(|i| i.item_id.clone()).collect();
         let n = self.inner.put_items(version, items).await?;
-        for id in ids {
-            self.items.invalidate(&(version.cloned(), id.clone())).await;
-            self.items.invalidate(&(None, id)).await;
-        }
+        Self::forget(&self.items, version, ids).await;
         Ok(n)
     }
 
@@ -171,12 +168,7 @@ impl FeatureStore for CachedFeatureStore {
     ) -> Result<usize> {
         let ids: Vec<UserId> = pools.iter().map(|(u, _)| u.clone()).collect();
         let n = self.inner.put_recall_pools(version, pools).await?;
-        for id in ids {
-            self.contexts
-                .invalidate(&(version.cloned(), id.clone()))
-                .await;
-            self.contexts.invalidate(&(None, id)).await;
-        }
+        Self::forget(&self.contexts, version, ids).await;
         Ok(n)
     }
 

@@ -81,6 +81,17 @@ pub struct UserContext {
 
 impl UserContext {
     /// Whether anything at all is known of the user.
+    /// Keeps at most `max_pool` candidates and the `max_events` most recent events; 0 keeps all of either.
+    pub fn limited(mut self, max_events: usize, max_pool: usize) -> Self {
+        if max_pool > 0 {
+            self.recall_pool.truncate(max_pool);
+        }
+        if max_events > 0 {
+            self.recent_events.truncate(max_events);
+        }
+        self
+    }
+
     pub fn found(&self) -> bool {
         self.user.is_some() || !self.recall_pool.is_empty() || !self.recent_events.is_empty()
     }

@@ -80,29 +80,20 @@ impl FeatureStore for MemoryFeatureStore {
     ) -> Result<UserContext> {
         let (name, snap) = self.read(version)?;
         let user = snap.users.read().get(user_id).cloned();
-        let mut recall_pool = snap.pools.read().get(user_id).cloned().unwrap_or_default();
-        if max_pool > 0 {
-            recall_pool.truncate(max_pool);
-        }
+        let recall_pool = snap.pools.read().get(user_id).cloned().unwrap_or_default();
         let recent_events = self
             .events
             .read()
             .get(user_id)
-            .map(|q| {
-                let n = if max_events == 0 {
-                    q.len()
-                } else {
-                    max_events.min(q.len())
-                };
-                q.iter().rev().take(n).cloned().collect()
-            })
+            .map(|q| q.iter().rev().cloned().collect())
             .unwrap_or_default();
         Ok(UserContext {
             user,
             recall_pool,
             recent_events,
             version: Some(name),
-        })
+        }
+        .limited(max_events, max_pool))
     }
 
     async fn items(

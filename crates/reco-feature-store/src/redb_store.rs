@@ -146,15 +146,12 @@ impl FeatureStore for RedbFeatureStore {
             .map(|g| decode(g.value()))
             .transpose()?;
         let pools = tx.open_table(POOLS).map_err(backend)?;
-        let mut recall_pool: Vec<Candidate> = pools
+        let recall_pool: Vec<Candidate> = pools
             .get(key)
             .map_err(backend)?
             .map(|g| decode(g.value()))
             .transpose()?
             .unwrap_or_default();
-        if max_pool > 0 {
-            recall_pool.truncate(max_pool);
-        }
         let events = tx.open_table(EVENTS).map_err(backend)?;
         let seq: Vec<Event> = events
             .get(user_id.as_str())
@@ -162,18 +159,14 @@ impl FeatureStore for RedbFeatureStore {
             .map(|g| decode(g.value()))
             .transpose()?
             .unwrap_or_default();
-        let n = if max_events == 0 {
-            seq.len()
-        } else {
-            max_events.min(seq.len())
-        };
-        let recent_events = seq.into_iter().rev().take(n).collect();
+        let recent_events = seq.into_iter().rev().collect();
         Ok(UserContext {
             user,
             recall_pool,
             recent_events,
             version: FeatureVersion::parse("feature_version", &v).ok(),
-        })
+        }
+        .limited(max_events, max_pool))
     }
 
     async fn items(
