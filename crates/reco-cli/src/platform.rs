@@ -150,7 +150,11 @@ impl Platform {
             }
         };
         let servers = [
-            ("feature", reco_feature::build(&cfg.feature)?, feature_l),
+            (
+                "feature",
+                reco_feature::build(&cfg.feature).await?,
+                feature_l,
+            ),
             ("cache", reco_cache::build(&cfg.cache)?, cache_l),
             (
                 "vector-recall",

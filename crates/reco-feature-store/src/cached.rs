@@ -196,6 +196,10 @@ impl FeatureStore for CachedFeatureStore {
         self.inner.versions().await
     }
 
+    async fn active_version(&self) -> Result<FeatureVersion> {
+        self.inner.active_version().await
+    }
+
     async fn activate(&self, version: &FeatureVersion) -> Result<FeatureVersion> {
         let previous = self.inner.activate(version).await?;
         // "The active version" now means another one.

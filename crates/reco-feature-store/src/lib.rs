@@ -8,11 +8,12 @@
 //!   └── popular items
 //! ```
 //!
-//! Backends: [`RedbFeatureStore`] (durable embedded default, one redb file) and [`MemoryFeatureStore`] (in memory,
-//! for tests and throwaway runs). Production backends implement the same trait and run the same shared suite
-//! ([`suite`]).
+//! Backends: [`RedbFeatureStore`] (durable embedded default, one redb file), [`DynamoFeatureStore`] (production,
+//! DynamoDB) and [`MemoryFeatureStore`] (in memory, for tests and throwaway runs), all passing one shared suite
+//! ([`suite`]); [`CachedFeatureStore`] puts a hot-key cache in front of any of them.
 
 mod cached;
+pub mod dynamo;
 mod memory;
 mod redb_store;
 pub mod suite;
@@ -21,6 +22,7 @@ use async_trait::async_trait;
 use reco_types::{Candidate, Event, FeatureVersion, Item, ItemId, User, UserId};
 
 pub use cached::CachedFeatureStore;
+pub use dynamo::{DynamoConfig, DynamoFeatureStore};
 pub use memory::MemoryFeatureStore;
 pub use redb_store::RedbFeatureStore;
 
@@ -158,6 +160,12 @@ pub trait FeatureStore: Send + Sync + 'static {
 
     /// The active version and every version stored.
     async fn versions(&self) -> Result<(FeatureVersion, Vec<FeatureVersion>)>;
+
+    /// The active version alone: what a read without a version reads. Backends answer it without listing every
+    /// version (a key lookup, or a cached pointer).
+    async fn active_version(&self) -> Result<FeatureVersion> {
+        Ok(self.versions().await?.0)
+    }
 
     /// Makes `version` active (creating it empty if new); returns the previously active version.
     async fn activate(&self, version: &FeatureVersion) -> Result<FeatureVersion>;

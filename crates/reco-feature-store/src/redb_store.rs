@@ -5,11 +5,11 @@
 //!
 //! ```text
 //!   meta     "active" -> version; "v:<version>" -> ""       (the version pointer: one key, switched atomically)
-//!   users    (version, user) -> JSON User
-//!   items    (version, item) -> JSON Item
-//!   pools    (version, user) -> JSON [Candidate]
-//!   popular  version -> JSON [Candidate]
-//!   events   user -> JSON [Event] oldest first, at most N  (real-time, not versioned)
+//!   users    (version, user) -> User          (rows are postcard, see FORMAT)
+//!   items    (version, item) -> Item
+//!   pools    (version, user) -> [Candidate]
+//!   popular  version -> [Candidate]
+//!   events   user -> [Event] oldest first, at most N  (real-time, not versioned)
 //! ```
 
 use std::{collections::VecDeque, path::Path, sync::Arc};
@@ -32,13 +32,17 @@ fn backend(e: impl std::fmt::Display) -> FeatureStoreError {
     FeatureStoreError::Backend(e.to_string())
 }
 
+/// How rows are encoded, recorded in the file so a store of another encoding is refused, not misread.
+const FORMAT: &str = "postcard-1";
+
+/// Rows are postcard: compact and an order of magnitude cheaper to decode than JSON, which mattered on the read
+/// path (a 200-item hydrate decodes 200 embeddings per request).
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
-    serde_json::to_vec(v).expect("domain types serialise")
+    postcard::to_allocvec(v).expect("domain types serialise")
 }
 
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| FeatureStoreError::Backend(format!("corrupt row: {e}")))
+    postcard::from_bytes(bytes).map_err(|e| FeatureStoreError::Backend(format!("corrupt row: {e}")))
 }
 
 /// A feature store in one redb file.
@@ -60,6 +64,20 @@ impl RedbFeatureStore {
                 meta.insert("active", INITIAL_VERSION).map_err(backend)?;
                 meta.insert(format!("v:{INITIAL_VERSION}").as_str(), "")
                     .map_err(backend)?;
+                meta.insert("format", FORMAT).map_err(backend)?;
+            }
+            let format = meta
+                .get("format")
+                .map_err(backend)?
+                .map(|f| f.value().to_string());
+            if format.as_deref() != Some(FORMAT) {
+                return Err(FeatureStoreError::Backend(format!(
+                    "{} holds rows in format {}, this build reads {FORMAT}: move it away and load the data again",
+                    path.display(),
+                    format
+                        .as_deref()
+                        .unwrap_or("json (before the format was recorded)")
+                )));
             }
             tx.open_table(USERS).map_err(backend)?;
             tx.open_table(ITEMS).map_err(backend)?;
@@ -358,6 +376,12 @@ impl FeatureStore for RedbFeatureStore {
                 .map_err(|e| backend(e.to_string()))?,
             all,
         ))
+    }
+
+    async fn active_version(&self) -> Result<FeatureVersion> {
+        let tx = self.db.begin_read().map_err(backend)?;
+        let v = self.read_version(&tx, None)?;
+        FeatureVersion::parse("feature_version", &v).map_err(|e| backend(e.to_string()))
     }
 
     async fn activate(&self, version: &FeatureVersion) -> Result<FeatureVersion> {

@@ -212,6 +212,7 @@ pub async fn versions_are_isolated_until_activated(store: &dyn FeatureStore) {
     assert_eq!(read_age(None).await, Some(2.0));
     let (active, all) = store.versions().await.unwrap();
     assert_eq!(active, next);
+    assert_eq!(store.active_version().await.unwrap(), next);
     assert!(all.contains(&before) && all.contains(&next));
 
     let missing = FeatureVersion::parse("feature_version", "suite-missing").unwrap();

@@ -1,5 +1,6 @@
-//! Telemetry for every reco binary: a `tracing` subscriber writing plain or JSON logs, and OpenTelemetry traces
-//! exported over OTLP when the standard `OTEL_EXPORTER_OTLP_ENDPOINT` is set. W3C trace context crosses process
+//! Telemetry for every reco binary: a `tracing` subscriber writing plain or JSON logs, and OpenTelemetry traces and
+//! metrics (counters such as `reco.dynamodb.read_units`) exported over OTLP when the standard
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` is set; a collector can turn the metrics into Prometheus or CloudWatch. W3C trace context crosses process
 //! boundaries in HTTP/2 headers: [`inject`] on the way out, [`extract`] on the way in.
 //!
 //! ```text
@@ -11,7 +12,10 @@ use opentelemetry::{
     propagation::{Extractor, Injector},
     trace::TracerProvider as _,
 };
-use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
+use opentelemetry_sdk::{
+    Resource, metrics::SdkMeterProvider, propagation::TraceContextPropagator,
+    trace::SdkTracerProvider,
+};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::{EnvFilter, layer::SubscriberExt, util::SubscriberInitExt};
 
@@ -50,10 +54,11 @@ pub enum TelemetryError {
     Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
 }
 
-/// Keeps telemetry alive; dropping it flushes and shuts down the trace exporter.
+/// Keeps telemetry alive; dropping it flushes and shuts down the exporters.
 #[must_use = "dropping the handle shuts telemetry down"]
 pub struct TelemetryHandle {
     provider: Option<SdkTracerProvider>,
+    meters: Option<SdkMeterProvider>,
 }
 
 impl Drop for TelemetryHandle {
@@ -62,6 +67,11 @@ impl Drop for TelemetryHandle {
             && let Err(error) = provider.shutdown()
         {
             eprintln!("trace exporter shutdown failed: {error}");
+        }
+        if let Some(meters) = self.meters.take()
+            && let Err(error) = meters.shutdown()
+        {
+            eprintln!("metric exporter shutdown failed: {error}");
         }
     }
 }
@@ -78,19 +88,30 @@ pub fn init(
         source,
     })?;
 
-    let provider = if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() {
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
+    let (provider, meters) = if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() {
+        let resource = Resource::builder().with_service_name(service_name).build();
+        let spans = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
             .build()?;
-        let resource = Resource::builder().with_service_name(service_name).build();
-        Some(
-            SdkTracerProvider::builder()
-                .with_batch_exporter(exporter)
-                .with_resource(resource)
-                .build(),
+        let metrics = opentelemetry_otlp::MetricExporter::builder()
+            .with_tonic()
+            .build()?;
+        (
+            Some(
+                SdkTracerProvider::builder()
+                    .with_batch_exporter(spans)
+                    .with_resource(resource.clone())
+                    .build(),
+            ),
+            Some(
+                SdkMeterProvider::builder()
+                    .with_periodic_exporter(metrics)
+                    .with_resource(resource)
+                    .build(),
+            ),
         )
     } else {
-        None
+        (None, None)
     };
     let otel_layer = provider
         .as_ref()
@@ -108,12 +129,21 @@ pub fn init(
         if let Some(p) = provider {
             let _ = p.shutdown();
         }
-        return Ok(TelemetryHandle { provider: None });
+        if let Some(m) = meters {
+            let _ = m.shutdown();
+        }
+        return Ok(TelemetryHandle {
+            provider: None,
+            meters: None,
+        });
     }
     if let Some(p) = &provider {
         global::set_tracer_provider(p.clone());
     }
-    Ok(TelemetryHandle { provider })
+    if let Some(m) = &meters {
+        global::set_meter_provider(m.clone());
+    }
+    Ok(TelemetryHandle { provider, meters })
 }
 
 /// Writes the current span's trace context into outgoing headers (`traceparent`, `tracestate`) through `set`.

@@ -37,29 +37,6 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Waits until `child` says in its own log that it is ready and `addr` accepts connections. Checking the log, not
-/// only the port, matters: when two tests race for one free port, the loser's port answers, but from the winner.
-fn wait_ready(
-    addr: SocketAddr,
-    child: &mut Child,
-    log: &Path,
-    ready: &str,
-    timeout: Duration,
-) -> bool {
-    let started = Instant::now();
-    while started.elapsed() < timeout {
-        if let Ok(Some(_)) = child.try_wait() {
-            return false;
-        }
-        let logged = std::fs::read_to_string(log).is_ok_and(|l| l.contains(ready));
-        if logged && TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
-}
-
 /// A `redis-server` of our own.
 pub struct RedisServer {
     binary: PathBuf,
@@ -174,7 +151,7 @@ impl RedisServer {
         let ok = wait_ready(
             self.addr(),
             &mut child,
-            &log,
+            &[&log],
             "Ready to accept connections",
             Duration::from_secs(10),
         );
@@ -364,4 +341,87 @@ impl RedisCluster {
             .collect();
         format!("redis-cluster://{}?{}", first.addr(), rest.join("&"))
     }
+}
+
+/// A `moto_server` of our own: the DynamoDB API (and SageMaker runtime with canned results) on a free port.
+pub struct MotoServer {
+    _dir: tempfile::TempDir,
+    port: u16,
+    child: Child,
+}
+
+impl MotoServer {
+    /// Starts moto_server, or returns None when it is not installed and not required (`RECO_REQUIRE_MOTO`).
+    pub fn start() -> Option<Self> {
+        let binary = require("moto_server", "RECO_REQUIRE_MOTO")?;
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let port = free_port();
+            let log = dir.path().join("moto.log");
+            let mut child = Command::new(&binary)
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .current_dir(dir.path())
+                .stdin(Stdio::null())
+                .stdout(std::fs::File::create(&log).expect("moto log"))
+                .stderr(std::fs::File::create(dir.path().join("moto.err")).expect("moto log"))
+                .spawn()
+                .expect("spawn moto_server");
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            // Werkzeug logs "Running on" to stderr; read both.
+            let ready = wait_ready(
+                addr,
+                &mut child,
+                &[&log, &dir.path().join("moto.err")],
+                &format!("Running on http://127.0.0.1:{port}"),
+                Duration::from_secs(30),
+            );
+            if ready {
+                return Some(Self {
+                    _dir: dir,
+                    port,
+                    child,
+                });
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("moto_server did not start");
+    }
+
+    /// `http://127.0.0.1:PORT`, the endpoint override for an AWS SDK client.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for MotoServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until `child` says in one of its own logs that it is ready and `addr` accepts connections. Checking the log, not
+/// only the port, matters: when two tests race for one free port, the loser's port answers, but from the winner.
+fn wait_ready(
+    addr: SocketAddr,
+    child: &mut Child,
+    logs: &[&Path],
+    ready: &str,
+    timeout: Duration,
+) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < timeout {
+        if let Ok(Some(_)) = child.try_wait() {
+            return false;
+        }
+        let logged = logs
+            .iter()
+            .any(|l| std::fs::read_to_string(l).is_ok_and(|l| l.contains(ready)));
+        if logged && TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
 }

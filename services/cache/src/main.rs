@@ -1,3 +1,8 @@
+// mimalloc: the services allocate many short-lived buffers per request; glibc malloc's consolidation showed at
+// the top of the profile.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::Parser;
 use reco_cache::Config;
 

@@ -113,7 +113,7 @@ impl FeatureApi {
             .collect();
         let feature_version = match version {
             Some(v) => v.into(),
-            None => self.store.versions().await?.0.into(),
+            None => self.store.active_version().await?.into(),
         };
         Ok(pb::BatchGetItemFeaturesResponse {
             items: items.into_iter().map(Into::into).collect(),

@@ -1,7 +1,7 @@
 //! The feature service: what the platform knows about users and items, served over gRPC.
 //!
 //! ```text
-//!   gateway ──GetUserContext──▶ FeatureApi ──▶ dyn FeatureStore (memory | ...)
+//!   gateway ──GetUserContext──▶ FeatureApi ──▶ dyn FeatureStore (redb | dynamodb | memory), optionally cached
 //!           ──BatchGetItemFeatures──▶
 //!   sync / events ──Put* / AppendEvents──▶
 //! ```
@@ -12,7 +12,8 @@ mod error;
 use std::{net::SocketAddr, sync::Arc};
 
 use reco_feature_store::{
-    CachedFeatureStore, DEFAULT_MAX_EVENTS, FeatureStore, MemoryFeatureStore, RedbFeatureStore,
+    CachedFeatureStore, DEFAULT_MAX_EVENTS, DynamoConfig, DynamoFeatureStore, FeatureStore,
+    MemoryFeatureStore, RedbFeatureStore,
 };
 use reco_proto::feature::v1::feature_service_server::FeatureServiceServer;
 use reco_server::{GrpcServer, ServerArgs};
@@ -31,6 +32,59 @@ pub enum Backend {
     Redb,
     /// In-process maps, lost on exit (tests, throwaway runs).
     Memory,
+    /// DynamoDB (production): see the `--dynamodb-*` flags.
+    Dynamodb,
+}
+
+reco_aws::aws_args!(
+    /// Where the DynamoDB backend's tables live.
+    DynamoAwsArgs,
+    "dynamodb",
+    "DYNAMODB"
+);
+
+/// Flags of the DynamoDB backend.
+#[derive(Clone, Debug, clap::Args)]
+pub struct DynamoArgs {
+    #[command(flatten)]
+    pub aws: DynamoAwsArgs,
+    /// Prefix of every table name: PREFIXuser_features, PREFIXrecall_u2u_cf, PREFIXuser_realtime,
+    /// PREFIXitem_features, PREFIXmeta.
+    #[arg(
+        long = "dynamodb-table-prefix",
+        env = "RECO_DYNAMODB_TABLE_PREFIX",
+        default_value = "reco_"
+    )]
+    pub table_prefix: String,
+    /// Strongly consistent reads (twice the read units) instead of eventually consistent ones.
+    #[arg(
+        long = "dynamodb-consistent-reads",
+        env = "RECO_DYNAMODB_CONSISTENT_READS"
+    )]
+    pub consistent_reads: bool,
+    /// Create missing tables at start, on-demand billing (development; production tables come from deploy/).
+    #[arg(long = "dynamodb-create-tables", env = "RECO_DYNAMODB_CREATE_TABLES")]
+    pub create_tables: bool,
+    /// How long the active feature version is trusted before it is read again, in ms: another process's switch
+    /// shows within it.
+    #[arg(
+        long = "dynamodb-version-refresh-ms",
+        env = "RECO_DYNAMODB_VERSION_REFRESH_MS",
+        default_value_t = 1_000
+    )]
+    pub version_refresh_ms: u64,
+}
+
+impl From<&DynamoArgs> for DynamoConfig {
+    fn from(a: &DynamoArgs) -> Self {
+        DynamoConfig {
+            aws: (&a.aws).into(),
+            table_prefix: a.table_prefix.clone(),
+            consistent_reads: a.consistent_reads,
+            create_tables: a.create_tables,
+            version_refresh: std::time::Duration::from_millis(a.version_refresh_ms),
+        }
+    }
 }
 
 /// Flags of the feature service; each also reads `RECO_*` from the environment.
@@ -57,6 +111,8 @@ pub struct Config {
     /// Events kept per user in the real-time sequence.
     #[arg(long, env = "RECO_FEATURE_MAX_EVENTS", default_value_t = DEFAULT_MAX_EVENTS, value_parser = parse_max_events)]
     pub max_events: usize,
+    #[command(flatten)]
+    pub dynamodb: DynamoArgs,
 }
 
 fn parse_max_events(s: &str) -> Result<usize, String> {
@@ -81,12 +137,15 @@ impl Config {
 }
 
 /// Opens the configured store, behind the hot-key cache when it is on.
-pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn FeatureStore>> {
+pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn FeatureStore>> {
     let store: Arc<dyn FeatureStore> = match config.backend {
         Backend::Memory => Arc::new(MemoryFeatureStore::new()),
         Backend::Redb => Arc::new(RedbFeatureStore::open(
             &config.data_dir.join("features.redb"),
         )?),
+        Backend::Dynamodb => {
+            Arc::new(DynamoFeatureStore::connect((&config.dynamodb).into()).await?)
+        }
     };
     Ok(if config.cache_ttl_ms > 0 {
         let ttl = std::time::Duration::from_millis(config.cache_ttl_ms);
@@ -111,6 +170,6 @@ pub fn server(config: &Config, store: Arc<dyn FeatureStore>) -> GrpcServer {
 }
 
 /// Opens the configured store and builds the server.
-pub fn build(config: &Config) -> anyhow::Result<GrpcServer> {
-    Ok(server(config, open_store(config)?))
+pub async fn build(config: &Config) -> anyhow::Result<GrpcServer> {
+    Ok(server(config, open_store(config).await?))
 }

@@ -1,3 +1,8 @@
+// mimalloc: the services allocate many short-lived buffers per request; glibc malloc's consolidation showed at
+// the top of the profile.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::Parser;
 use reco_feature::Config;
 
@@ -6,7 +11,8 @@ async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     let _telemetry = reco_telemetry::init("reco-feature", &config.telemetry)?;
     let listener = tokio::net::TcpListener::bind(config.listen_addr()).await?;
-    reco_feature::build(&config)?
+    reco_feature::build(&config)
+        .await?
         .serve(listener, reco_server::shutdown_signal())
         .await?;
     Ok(())
