@@ -202,12 +202,14 @@ async fn a_service_stops_serving_on_shutdown_and_releases_its_port() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(reco_ranking::build(&Default::default()).unwrap().serve(
-        listener,
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let server = tokio::spawn(
+        reco_ranking::build(&Default::default())
+            .await
+            .unwrap()
+            .serve(listener, async {
+                let _ = stopped.await;
+            }),
+    );
     reco_server::wait_serving(&addr.to_string(), std::time::Duration::from_secs(5))
         .await
         .unwrap();

@@ -166,7 +166,11 @@ impl Platform {
                 reco_graph_recall::build(&cfg.graph)?,
                 graph_l,
             ),
-            ("ranking", reco_ranking::build(&cfg.ranking)?, ranking_l),
+            (
+                "ranking",
+                reco_ranking::build(&cfg.ranking).await?,
+                ranking_l,
+            ),
             ("gateway", reco_gateway::build(&cfg.gateway)?, gateway_l),
         ];
         let mut tasks = Vec::new();

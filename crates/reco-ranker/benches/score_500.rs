@@ -74,7 +74,7 @@ fn main() {
             let t = Instant::now();
             let out = rank(&model, &input, 0).await.unwrap();
             h.record(t.elapsed().as_nanos() as u64).unwrap();
-            assert_eq!(out.len(), 500);
+            assert_eq!(out.items.len(), 500);
         }
     });
     let us = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;

@@ -50,23 +50,59 @@ fn source_score(c: &RankCandidate, source: &str) -> Option<(u32, f32)> {
         .map(|s| (s.rank, s.score))
 }
 
+/// A feature's value for one candidate, and whether it was defaulted because its input was missing (no
+/// embedding on either side, no `popularity` or `avg_rating` item feature, no `top_categories` user feature or no
+/// item categories). Not being found by a recall source is a value (0), not a missing input.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Lookup {
+    pub value: f64,
+    pub missing: bool,
+}
+
+impl Lookup {
+    fn present(value: f64) -> Self {
+        Self {
+            value,
+            missing: false,
+        }
+    }
+
+    fn defaulted(value: f64) -> Self {
+        Self {
+            value,
+            missing: true,
+        }
+    }
+}
+
 /// The value of feature `name` for candidate `c`, or None when the name is not a platform feature.
 pub fn value(name: &str, input: &RankInput, c: &RankCandidate) -> Option<f64> {
+    lookup(name, input, c).map(|l| l.value)
+}
+
+/// [`value`], saying whether the value is a default standing in for a missing input.
+pub fn lookup(name: &str, input: &RankInput, c: &RankCandidate) -> Option<Lookup> {
+    let item_number = |f: &str, map: fn(f64) -> f64| {
+        c.features
+            .number(f)
+            .map_or(Lookup::defaulted(0.0), |v| Lookup::present(map(v)))
+    };
     Some(match name {
         "embedding_similarity" => match (&input.user_embedding, &c.embedding) {
-            (Some(u), Some(i)) if u.dimension() == i.dimension() => u.cosine(i) as f64,
-            _ => 0.0,
+            (Some(u), Some(i)) if u.dimension() == i.dimension() => {
+                Lookup::present(u.cosine(i) as f64)
+            }
+            _ => Lookup::defaulted(0.0),
         },
-        "cf_score" => source_score(c, "cf").map_or(0.0, |(_, s)| s as f64),
-        "cf_rank_reciprocal" => source_score(c, "cf").map_or(0.0, |(r, _)| 1.0 / (1.0 + r as f64)),
-        "vector_score" => source_score(c, "vector").map_or(0.0, |(_, s)| s as f64),
-        "graph_score" => source_score(c, "graph").map_or(0.0, |(_, s)| s as f64),
-        "source_count" => c.sources.len() as f64,
-        "log_popularity" => c
-            .features
-            .number("popularity")
-            .map_or(0.0, |p| p.max(0.0).ln_1p()),
-        "avg_rating" => c.features.number("avg_rating").unwrap_or(0.0),
+        "cf_score" => Lookup::present(source_score(c, "cf").map_or(0.0, |(_, s)| s as f64)),
+        "cf_rank_reciprocal" => {
+            Lookup::present(source_score(c, "cf").map_or(0.0, |(r, _)| 1.0 / (1.0 + r as f64)))
+        }
+        "vector_score" => Lookup::present(source_score(c, "vector").map_or(0.0, |(_, s)| s as f64)),
+        "graph_score" => Lookup::present(source_score(c, "graph").map_or(0.0, |(_, s)| s as f64)),
+        "source_count" => Lookup::present(c.sources.len() as f64),
+        "log_popularity" => item_number("popularity", |p| p.max(0.0).ln_1p()),
+        "avg_rating" => item_number("avg_rating", |r| r),
         "category_affinity" => {
             let top = input
                 .user_features
@@ -79,16 +115,39 @@ pub fn value(name: &str, input: &RankInput, c: &RankCandidate) -> Option<f64> {
                         .iter()
                         .filter(|cat| top.iter().any(|t| t == cat.as_str()))
                         .count();
-                    hits as f64 / c.categories.len() as f64
+                    Lookup::present(hits as f64 / c.categories.len() as f64)
                 }
-                _ => 0.0,
+                _ => Lookup::defaulted(0.0),
             }
         }
         "is_popular_fallback" => {
             let only_popular =
                 !c.sources.is_empty() && c.sources.iter().all(|s| s.source.as_str() == "popular");
-            if only_popular { 1.0 } else { 0.0 }
+            Lookup::present(if only_popular { 1.0 } else { 0.0 })
         }
         _ => return None,
     })
+}
+
+/// The feature rows of a request, one per candidate, in `names` order, with how many values of each feature were
+/// defaulted. Every model backend builds its input here, so the in-process model and a remote endpoint see the
+/// same numbers. Names must be platform features (models are checked at load); an unknown one reads as 0.
+pub fn matrix(names: &[String], input: &RankInput) -> (Vec<Vec<f64>>, Vec<u64>) {
+    let mut missing = vec![0u64; names.len()];
+    let rows = input
+        .candidates
+        .iter()
+        .map(|c| {
+            names
+                .iter()
+                .zip(missing.iter_mut())
+                .map(|(name, miss)| {
+                    let l = lookup(name, input, c).unwrap_or(Lookup::defaulted(0.0));
+                    *miss += l.missing as u64;
+                    l.value
+                })
+                .collect()
+        })
+        .collect();
+    (rows, missing)
 }

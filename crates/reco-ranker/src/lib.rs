@@ -7,11 +7,13 @@
 //! ```
 //!
 //! Models name the features they read; [`features::FEATURES`] lists what the platform can supply, and a model
-//! that asks for anything else is refused at load. Backends: [`LinearModel`] (embedded default).
+//! that asks for anything else is refused at load. Backends: [`LinearModel`] (embedded default, optionally a
+//! [`ReloadingModel`] watching its file) and [`SageMakerRanker`] (a SageMaker endpoint).
 
 pub mod features;
 mod linear;
 mod reload;
+pub mod sagemaker;
 pub mod train;
 
 use std::collections::BTreeMap;
@@ -21,6 +23,7 @@ use reco_types::{Embedding, Features, ItemId, Name, SourceHit, UserId};
 
 pub use linear::{LinearModel, ModelFile};
 pub use reload::ReloadingModel;
+pub use sagemaker::{PayloadFormat, SageMakerConfig, SageMakerRanker};
 
 /// Most candidates one request may rank.
 pub const MAX_CANDIDATES: usize = reco_types::MAX_CANDIDATES;
@@ -70,24 +73,76 @@ pub enum RankerError {
     /// The model endpoint failed.
     #[error("model backend failed: {0}")]
     Backend(String),
+    /// The model endpoint did not answer in time.
+    #[error("model backend timed out: {0}")]
+    Timeout(String),
 }
 
 pub type Result<T, E = RankerError> = std::result::Result<T, E>;
 
+/// What a model answers for one request.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Scores {
+    /// One per candidate, in the candidates' order.
+    pub scores: Vec<f32>,
+    /// Per feature the model reads, how many candidates had it defaulted because its input was missing (see
+    /// [`features::Lookup`]); features never defaulted are left out.
+    pub missing: BTreeMap<String, u64>,
+}
+
+impl Scores {
+    /// Scores from feature rows, with the misses counted by [`features::matrix`].
+    pub fn new(scores: Vec<f32>, names: &[String], missing: &[u64]) -> Self {
+        Self {
+            scores,
+            missing: names
+                .iter()
+                .zip(missing)
+                .filter(|(_, m)| **m > 0)
+                .map(|(n, m)| (n.clone(), *m))
+                .collect(),
+        }
+    }
+}
+
 /// A ranker. Object-safe: services hold an `Arc<dyn Ranker>` chosen at start-up.
 #[async_trait]
 pub trait Ranker: Send + Sync + 'static {
-    /// One score per candidate, in the candidates' order.
-    async fn score(&self, input: &RankInput) -> Result<Vec<f32>>;
+    /// One score per candidate, in the candidates' order, and the defaulted features.
+    async fn score(&self, input: &RankInput) -> Result<Scores>;
     fn model_version(&self) -> String;
     /// The features the model reads, in order.
     fn feature_names(&self) -> Vec<String>;
     fn backend(&self) -> &'static str;
 }
 
-/// Scores and sorts best first (ties by item id), keeping `top_n` (0 = all).
-pub async fn rank(ranker: &dyn Ranker, input: &RankInput, top_n: usize) -> Result<Vec<Scored>> {
-    let scores = ranker.score(input).await?;
+/// A ranked answer.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Ranked {
+    /// Best first.
+    pub items: Vec<Scored>,
+    /// As [`Scores::missing`].
+    pub missing: BTreeMap<String, u64>,
+}
+
+/// Scores and sorts best first (ties by item id), keeping `top_n` (0 = all). Defaulted features are counted in
+/// the metric `reco.ranking.missing_features` (by feature) as well as returned.
+pub async fn rank(ranker: &dyn Ranker, input: &RankInput, top_n: usize) -> Result<Ranked> {
+    let Scores { scores, missing } = ranker.score(input).await?;
+    if scores.len() != input.candidates.len() {
+        return Err(RankerError::Backend(format!(
+            "the model answered {} scores for {} candidates",
+            scores.len(),
+            input.candidates.len()
+        )));
+    }
+    if let Some(bad) = scores.iter().position(|s| !s.is_finite()) {
+        return Err(RankerError::Backend(format!(
+            "the model answered a non-finite score ({}) for candidate {bad}",
+            scores[bad]
+        )));
+    }
+    record_missing(&missing);
     let mut out: Vec<Scored> = input
         .candidates
         .iter()
@@ -105,5 +160,30 @@ pub async fn rank(ranker: &dyn Ranker, input: &RankInput, top_n: usize) -> Resul
     if top_n > 0 {
         out.truncate(top_n);
     }
-    Ok(out)
+    Ok(Ranked {
+        items: out,
+        missing,
+    })
+}
+
+fn record_missing(missing: &BTreeMap<String, u64>) {
+    static COUNTER: std::sync::OnceLock<opentelemetry::metrics::Counter<u64>> =
+        std::sync::OnceLock::new();
+    if missing.is_empty() {
+        return;
+    }
+    let counter = COUNTER.get_or_init(|| {
+        opentelemetry::global::meter("reco-ranker")
+            .u64_counter("reco.ranking.missing_features")
+            .with_description(
+                "candidate feature values defaulted because their input was missing, by feature",
+            )
+            .build()
+    });
+    for (feature, n) in missing {
+        counter.add(
+            *n,
+            &[opentelemetry::KeyValue::new("feature", feature.clone())],
+        );
+    }
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::{RankInput, Ranker, RankerError, Result, features};
+use crate::{RankInput, Ranker, RankerError, Result, Scores, features};
 
 /// A model file (JSON).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -123,21 +123,16 @@ impl LinearModel {
 
 #[async_trait]
 impl Ranker for LinearModel {
-    async fn score(&self, input: &RankInput) -> Result<Vec<f32>> {
+    async fn score(&self, input: &RankInput) -> Result<Scores> {
         let m = &self.model;
-        Ok(input
-            .candidates
+        let (rows, missing) = features::matrix(&m.features, input);
+        let scores = rows
             .iter()
-            .map(|c| {
-                let s: f64 = m
-                    .features
-                    .iter()
-                    .zip(&m.weights)
-                    .map(|(f, w)| w * features::value(f, input, c).unwrap_or(0.0))
-                    .sum();
-                (m.bias + s) as f32
+            .map(|row| {
+                (m.bias + row.iter().zip(&m.weights).map(|(v, w)| v * w).sum::<f64>()) as f32
             })
-            .collect())
+            .collect();
+        Ok(Scores::new(scores, &m.features, &missing))
     }
 
     fn model_version(&self) -> String {
@@ -190,8 +185,46 @@ mod tests {
         let ranked = rank(&LinearModel::default_model(), &input, 2)
             .await
             .unwrap();
-        let ids: Vec<_> = ranked.iter().map(|s| s.item_id.as_str()).collect();
+        let ids: Vec<_> = ranked.items.iter().map(|s| s.item_id.as_str()).collect();
         assert_eq!(ids, ["cf-and-vector", "cf"]);
+    }
+
+    #[tokio::test]
+    async fn a_missing_feature_takes_its_default_and_is_counted() {
+        let model = LinearModel::from_file(
+            serde_json::from_str(
+                r#"{"version":"m","kind":"linear","bias":0,"features":["cf_score","avg_rating","embedding_similarity"],"weights":[1,1,1]}"#,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let mut rated = cand("rated", &[("cf", 0.5)]);
+        rated
+            .features
+            .insert("avg_rating", reco_types::FeatureValue::Float(4.0));
+        let input = RankInput {
+            user_id: UserId::parse("u", "u1").unwrap(),
+            user_features: Features::new(),
+            user_embedding: None,
+            candidates: vec![rated, cand("unrated", &[("cf", 0.5)])],
+            context: Default::default(),
+        };
+        let ranked = rank(&model, &input, 0).await.unwrap();
+        assert_eq!(ranked.items[0].item_id.as_str(), "rated");
+        assert_eq!(
+            ranked.items[1].score, 0.5,
+            "avg_rating defaulted to 0, not an error"
+        );
+        let missing: Vec<_> = ranked
+            .missing
+            .iter()
+            .map(|(k, v)| (k.as_str(), *v))
+            .collect();
+        assert_eq!(
+            missing,
+            [("avg_rating", 1), ("embedding_similarity", 2)],
+            "not being found by a source is a value, not a miss"
+        );
     }
 
     #[test]

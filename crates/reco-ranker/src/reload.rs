@@ -11,7 +11,7 @@ use std::{
 use async_trait::async_trait;
 use parking_lot::{Mutex, RwLock};
 
-use crate::{LinearModel, RankInput, Ranker, Result};
+use crate::{LinearModel, RankInput, Ranker, Result, Scores};
 
 /// What identifies one version of the file on disk.
 type Stamp = (SystemTime, u64);
@@ -67,7 +67,7 @@ impl ReloadingModel {
 
 #[async_trait]
 impl Ranker for ReloadingModel {
-    async fn score(&self, input: &RankInput) -> Result<Vec<f32>> {
+    async fn score(&self, input: &RankInput) -> Result<Scores> {
         self.model().score(input).await
     }
 

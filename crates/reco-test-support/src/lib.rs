@@ -392,6 +392,29 @@ impl MotoServer {
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
+
+    /// POSTs a JSON body to one of moto's own APIs (`/moto-api/...`) and returns the status code. Written on a
+    /// plain socket: one HTTP/1.1 request with `Connection: close` does not justify an HTTP client dependency.
+    pub fn post_json(&self, path: &str, body: &str) -> u16 {
+        use std::io::{Read, Write};
+        let mut stream = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], self.port)))
+            .expect("connect to moto");
+        write!(
+            stream,
+            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            self.port,
+            body.len()
+        )
+        .expect("write to moto");
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).expect("read from moto");
+        answer
+            .split_whitespace()
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .unwrap_or_else(|| panic!("not an HTTP answer: {answer:?}"))
+    }
 }
 
 impl Drop for MotoServer {

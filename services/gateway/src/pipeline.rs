@@ -516,6 +516,13 @@ impl Pipeline {
                         }
                     }
                     report.candidates_out = scores.len() as u32;
+                    if !resp.missing_features.is_empty() {
+                        let mut missing: Vec<_> = resp.missing_features.into_iter().collect();
+                        missing.sort();
+                        let list: Vec<String> =
+                            missing.iter().map(|(f, n)| format!("{f} {n}")).collect();
+                        report.detail = format!("defaulted features: {}", list.join(", "));
+                    }
                 }
                 None => report.detail = format!("{}; fell back to recall order", report.detail),
             }

@@ -64,9 +64,10 @@ impl RankingApi {
             candidates: each("candidates", candidates, candidate)?,
             context: context.into_iter().collect(),
         };
-        let scored = rank(self.ranker.as_ref(), &input, top_n as usize).await?;
+        let ranked = rank(self.ranker.as_ref(), &input, top_n as usize).await?;
         Ok(pb::RankResponse {
-            scores: scored
+            scores: ranked
+                .items
                 .into_iter()
                 .map(|s| pb::ScoredItem {
                     item_id: s.item_id.into(),
@@ -74,6 +75,7 @@ impl RankingApi {
                 })
                 .collect(),
             model_version: self.ranker.model_version(),
+            missing_features: ranked.missing.into_iter().collect(),
         })
     }
 

@@ -21,6 +21,7 @@ impl From<Error> for tonic::Status {
                     tonic::Status::failed_precondition(m.to_string())
                 }
                 RankerError::Backend(_) => tonic::Status::unavailable(m.to_string()),
+                RankerError::Timeout(_) => tonic::Status::deadline_exceeded(m.to_string()),
             },
         }
     }

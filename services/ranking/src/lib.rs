@@ -1,7 +1,7 @@
 //! The ranking service: one score per candidate, from a model that names the features it reads.
 //!
 //! ```text
-//!   Rank{user features, candidates + provenance} ──▶ RankingApi ──▶ dyn Ranker (linear | ...) ──▶ sorted scores
+//!   Rank{user features, candidates + provenance} ──▶ RankingApi ──▶ dyn Ranker (linear | sagemaker) ──▶ sorted scores
 //! ```
 
 mod api;
@@ -10,7 +10,9 @@ mod error;
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use reco_proto::ranking::v1::ranking_server::RankingServer;
-use reco_ranker::{LinearModel, Ranker, ReloadingModel};
+use reco_ranker::{
+    LinearModel, PayloadFormat, Ranker, ReloadingModel, SageMakerConfig, SageMakerRanker,
+};
 use reco_server::{GrpcServer, ServerArgs};
 use reco_telemetry::TelemetryArgs;
 
@@ -25,6 +27,69 @@ pub const DEFAULT_PORT: u16 = 50056;
 pub enum Backend {
     /// A linear model in process (embedded default).
     Linear,
+    /// A SageMaker endpoint: see the `--sagemaker-*` flags.
+    Sagemaker,
+}
+
+reco_aws::aws_args!(
+    /// Where the SageMaker endpoint runs.
+    SageMakerAwsArgs,
+    "sagemaker",
+    "SAGEMAKER"
+);
+
+/// Flags of the SageMaker backend.
+#[derive(Clone, Debug, clap::Args)]
+pub struct SageMakerArgs {
+    #[command(flatten)]
+    pub aws: SageMakerAwsArgs,
+    /// The endpoint's name.
+    #[arg(
+        long = "sagemaker-endpoint",
+        env = "RECO_SAGEMAKER_ENDPOINT",
+        default_value = ""
+    )]
+    pub endpoint: String,
+    /// The model's input features, in order, comma-separated (platform features, listed in the README's ranking section).
+    #[arg(
+        long = "sagemaker-features",
+        env = "RECO_SAGEMAKER_FEATURES",
+        value_delimiter = ','
+    )]
+    pub features: Vec<String>,
+    /// How rows travel: json (`{"instances": [[...]]}`) or csv (one line per candidate).
+    #[arg(long = "sagemaker-format", env = "RECO_SAGEMAKER_FORMAT", value_enum, default_value_t = PayloadFormat::Json)]
+    pub format: PayloadFormat,
+    /// Content type sent, when not the format's own (application/json, text/csv).
+    #[arg(long = "sagemaker-content-type", env = "RECO_SAGEMAKER_CONTENT_TYPE")]
+    pub content_type: Option<String>,
+    /// Accept header sent.
+    #[arg(long = "sagemaker-accept", env = "RECO_SAGEMAKER_ACCEPT")]
+    pub accept: Option<String>,
+    /// Production variant to call instead of the endpoint's traffic split.
+    #[arg(
+        long = "sagemaker-target-variant",
+        env = "RECO_SAGEMAKER_TARGET_VARIANT"
+    )]
+    pub target_variant: Option<String>,
+    /// Model version answers name (default `sagemaker:<endpoint>`).
+    #[arg(long = "sagemaker-model-version", env = "RECO_SAGEMAKER_MODEL_VERSION")]
+    pub model_version: Option<String>,
+}
+
+impl From<&SageMakerArgs> for SageMakerConfig {
+    fn from(a: &SageMakerArgs) -> Self {
+        SageMakerConfig {
+            aws: (&a.aws).into(),
+            endpoint_name: a.endpoint.clone(),
+            features: a.features.clone(),
+            format: a.format,
+            content_type: a.content_type.clone(),
+            accept: a.accept.clone(),
+            target_variant: a.target_variant.clone(),
+            model_version: a.model_version.clone(),
+        }
+    }
 }
 
 /// Flags of the ranking service; each also reads `RECO_*` from the environment.
@@ -45,6 +110,8 @@ pub struct Config {
     /// How often the model file is checked for changes, in ms.
     #[arg(long, env = "RECO_RANKING_RELOAD_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..))]
     pub reload_ms: u64,
+    #[command(flatten)]
+    pub sagemaker: SageMakerArgs,
 }
 
 impl Default for Config {
@@ -62,8 +129,11 @@ impl Config {
 /// Loads the configured model; a model the platform cannot feed is refused here, at start-up. A model file is
 /// then watched from a background task (so this must run inside a Tokio runtime), which stops when the model is
 /// dropped.
-pub fn open_ranker(config: &Config) -> anyhow::Result<Arc<dyn Ranker>> {
+pub async fn open_ranker(config: &Config) -> anyhow::Result<Arc<dyn Ranker>> {
     Ok(match (config.backend, &config.model) {
+        (Backend::Sagemaker, _) => {
+            Arc::new(SageMakerRanker::connect((&config.sagemaker).into()).await?)
+        }
         (Backend::Linear, Some(path)) => {
             let model = Arc::new(ReloadingModel::open(path)?);
             watch(
@@ -103,6 +173,6 @@ pub fn server(config: &Config, ranker: Arc<dyn Ranker>) -> GrpcServer {
 }
 
 /// Loads the configured model and builds the server.
-pub fn build(config: &Config) -> anyhow::Result<GrpcServer> {
-    Ok(server(config, open_ranker(config)?))
+pub async fn build(config: &Config) -> anyhow::Result<GrpcServer> {
+    Ok(server(config, open_ranker(config).await?))
 }
