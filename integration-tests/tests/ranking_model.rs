@@ -199,7 +199,10 @@ async fn the_ranking_service_scores_through_a_sagemaker_endpoint() {
     other.candidates[0].sources[0].score = 0.123;
     let err = client.rank(other).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
-    assert!(err.message().contains("2 scores for 50 candidates"), "{err:?}");
+    assert!(
+        err.message().contains("2 scores for 50 candidates"),
+        "{err:?}"
+    );
     let _ = stop.send(());
     server.await.unwrap().unwrap();
 }
