@@ -318,35 +318,30 @@ impl BenchReport {
 
     /// The figures as one JSON object.
     pub fn json(&self) -> String {
-        let stages: Vec<String> = self
+        let ms = |h: &Histogram<u64>, q: f64| Self::ms(h, q);
+        let stages: serde_json::Map<String, serde_json::Value> = self
             .stages
             .iter()
             .map(|(s, h)| {
-                format!(
-                    "{s:?}:{{\"p50_ms\":{:.3},\"p99_ms\":{:.3}}}",
-                    Self::ms(h, 0.5),
-                    Self::ms(h, 0.99)
+                (
+                    s.clone(),
+                    serde_json::json!({"p50_ms": ms(h, 0.5), "p99_ms": ms(h, 0.99)}),
                 )
             })
             .collect();
-        let errors: Vec<String> = self
-            .errors
-            .iter()
-            .map(|(c, n)| format!("{c:?}:{n}"))
-            .collect();
-        format!(
-            "{{\"sent\":{},\"ok\":{},\"throughput\":{:.1},\"p50_ms\":{:.3},\"p90_ms\":{:.3},\"p99_ms\":{:.3},\"p999_ms\":{:.3},\"max_ms\":{:.3},\"degraded\":{},\"errors\":{{{}}},\"stages\":{{{}}}}}",
-            self.sent,
-            self.ok,
-            self.throughput(),
-            Self::ms(&self.latency, 0.5),
-            Self::ms(&self.latency, 0.9),
-            Self::ms(&self.latency, 0.99),
-            Self::ms(&self.latency, 0.999),
-            self.latency.max() as f64 / 1000.0,
-            self.degraded,
-            errors.join(","),
-            stages.join(",")
-        )
+        serde_json::json!({
+            "sent": self.sent,
+            "ok": self.ok,
+            "throughput": self.throughput(),
+            "p50_ms": ms(&self.latency, 0.5),
+            "p90_ms": ms(&self.latency, 0.9),
+            "p99_ms": ms(&self.latency, 0.99),
+            "p999_ms": ms(&self.latency, 0.999),
+            "max_ms": self.latency.max() as f64 / 1000.0,
+            "degraded": self.degraded,
+            "errors": self.errors,
+            "stages": stages,
+        })
+        .to_string()
     }
 }

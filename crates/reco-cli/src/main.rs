@@ -113,6 +113,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     };
     if args.find_max {
         let mut best: Option<(usize, f64, f64)> = None;
+        let mut steps = Vec::new();
         println!(
             "{:>8} {:>10} {:>9} {:>9}",
             "workers", "ok/s", "p50 ms", "p99 ms"
@@ -125,6 +126,13 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             })
             .await?;
             let p99 = r.latency.value_at_quantile(0.99) as f64 / 1000.0;
+            steps.push(serde_json::json!({
+                "workers": workers,
+                "throughput": r.throughput(),
+                "p50_ms": r.latency.value_at_quantile(0.5) as f64 / 1000.0,
+                "p99_ms": p99,
+                "errors": r.errors,
+            }));
             println!(
                 "{workers:>8} {:>10.0} {:>9.2} {p99:>9.2}{}",
                 r.throughput(),
@@ -145,6 +153,16 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
                 args.p99_limit_ms
             ),
             None => println!("no concurrency kept p99 under {} ms", args.p99_limit_ms),
+        }
+        if args.json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "p99_limit_ms": args.p99_limit_ms,
+                    "best": best.map(|(w, t, p)| serde_json::json!({"workers": w, "throughput": t, "p99_ms": p})),
+                    "steps": steps,
+                })
+            );
         }
     } else {
         let cfg = BenchConfig {
