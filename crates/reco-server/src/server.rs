@@ -184,6 +184,8 @@ impl GrpcServer {
         let name = self.name;
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let router = Server::builder()
+            .initial_stream_window_size(crate::client::STREAM_WINDOW)
+            .initial_connection_window_size(crate::client::CONNECTION_WINDOW)
             // A span per request, child of the caller's trace when it sent one.
             .trace_fn(move |request| {
                 let span = tracing::info_span!("grpc", service = name, rpc = %request.uri().path());
