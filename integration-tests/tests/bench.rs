@@ -44,5 +44,28 @@ async fn open_and_closed_loop_runs_account_for_every_call() {
     .unwrap();
     assert!(r.sent > 0 && r.errors.is_empty(), "{:?}", r.errors);
     assert_eq!(r.ok, r.sent);
+
+    // Every single service can be loaded on its own, and answers every call.
+    let a = &t.platform.addrs;
+    for (target, addr) in [
+        (Target::ItemBatch, a.feature),
+        (Target::CacheGet, a.cache),
+        (Target::VectorSearch, a.vector),
+        (Target::GraphRecall, a.graph),
+        (Target::Rank, a.ranking),
+    ] {
+        let r = run(&BenchConfig {
+            target,
+            addr: addr.to_string(),
+            rate: Some(20),
+            duration: Duration::from_millis(500),
+            warmup: Duration::ZERO,
+            ..cfg.clone()
+        })
+        .await
+        .unwrap();
+        assert_eq!(r.sent, 10, "{target:?}");
+        assert_eq!(r.ok, r.sent, "{target:?}: {:?}", r.errors);
+    }
     t.platform.shutdown().await.unwrap();
 }

@@ -1,4 +1,4 @@
-//! `reco bench`: load against the gateway or a single service.
+//! `reco bench`: load against the gateway or any single service.
 //!
 //! Open loop (default): requests are sent on a fixed schedule (`--rate` per second) whatever the answers do, and
 //! each latency is measured from its *intended* send time, so a stall shows up as latency instead of hiding as a
@@ -14,11 +14,16 @@ use std::{
 
 use hdrhistogram::Histogram;
 use reco_proto::{
+    cache::v1::{GetRecommendationsRequest, cache_service_client::CacheServiceClient},
+    common::v1::SourceHit,
     feature::v1::{
         BatchGetItemFeaturesRequest, GetUserContextRequest,
         feature_service_client::FeatureServiceClient,
     },
     gateway::v1::{RecommendRequest, gateway_client::GatewayClient},
+    graph_recall::v1::{RecallRequest, graph_recall_client::GraphRecallClient},
+    ranking::v1::{RankCandidate, RankRequest, ranking_client::RankingClient},
+    vector_recall::v1::{SearchRequest, search_request, vector_recall_client::VectorRecallClient},
 };
 use reco_server::TracedChannel;
 use tokio::sync::Semaphore;
@@ -32,6 +37,14 @@ pub enum Target {
     UserContext,
     /// Feature BatchGetItemFeatures of 200 items.
     ItemBatch,
+    /// Cache GetRecommendations (a hit or a miss, as the user's cache holds).
+    CacheGet,
+    /// Vector-recall Search by user, k = 100.
+    VectorSearch,
+    /// Graph-recall Recall by user with the default strategies, k = 100.
+    GraphRecall,
+    /// Ranking Rank of 500 candidates found by CF.
+    Rank,
 }
 
 /// One run's settings.
@@ -76,8 +89,7 @@ struct Tally {
 #[derive(Clone)]
 struct Caller {
     target: Target,
-    gateway: GatewayClient<TracedChannel>,
-    feature: FeatureServiceClient<TracedChannel>,
+    channel: TracedChannel,
     users: Arc<Vec<String>>,
     items: Arc<Vec<String>>,
     timeout: Duration,
@@ -95,7 +107,10 @@ impl Caller {
                     ..Default::default()
                 });
                 r.set_timeout(self.timeout);
-                let a = self.gateway.clone().recommend(r).await?.into_inner();
+                let a = GatewayClient::new(self.channel.clone())
+                    .recommend(r)
+                    .await?
+                    .into_inner();
                 Ok((
                     a.stages
                         .into_iter()
@@ -110,7 +125,9 @@ impl Caller {
                     ..Default::default()
                 });
                 r.set_timeout(self.timeout);
-                self.feature.clone().get_user_context(r).await?;
+                FeatureServiceClient::new(self.channel.clone())
+                    .get_user_context(r)
+                    .await?;
                 Ok((Vec::new(), false))
             }
             Target::ItemBatch => {
@@ -124,7 +141,66 @@ impl Caller {
                     ..Default::default()
                 });
                 r.set_timeout(self.timeout);
-                self.feature.clone().batch_get_item_features(r).await?;
+                FeatureServiceClient::new(self.channel.clone())
+                    .batch_get_item_features(r)
+                    .await?;
+                Ok((Vec::new(), false))
+            }
+            Target::CacheGet => {
+                let mut r = tonic::Request::new(GetRecommendationsRequest {
+                    user_id: user,
+                    ..Default::default()
+                });
+                r.set_timeout(self.timeout);
+                CacheServiceClient::new(self.channel.clone())
+                    .get_recommendations(r)
+                    .await?;
+                Ok((Vec::new(), false))
+            }
+            Target::VectorSearch => {
+                let mut r = tonic::Request::new(SearchRequest {
+                    query: Some(search_request::Query::UserId(user)),
+                    k: 100,
+                    ..Default::default()
+                });
+                r.set_timeout(self.timeout);
+                VectorRecallClient::new(self.channel.clone())
+                    .search(r)
+                    .await?;
+                Ok((Vec::new(), false))
+            }
+            Target::GraphRecall => {
+                let mut r = tonic::Request::new(RecallRequest {
+                    user_id: user,
+                    k: 100,
+                    ..Default::default()
+                });
+                r.set_timeout(self.timeout);
+                GraphRecallClient::new(self.channel.clone())
+                    .recall(r)
+                    .await?;
+                Ok((Vec::new(), false))
+            }
+            Target::Rank => {
+                let start = (n as usize * 37) % self.items.len().max(1);
+                let candidates = (0..500.min(self.items.len()))
+                    .map(|k| RankCandidate {
+                        item_id: self.items[(start + k) % self.items.len()].clone(),
+                        sources: vec![SourceHit {
+                            source: "cf".into(),
+                            rank: k as u32,
+                            score: 1.0 / (1.0 + k as f32),
+                        }],
+                        ..Default::default()
+                    })
+                    .collect();
+                let mut r = tonic::Request::new(RankRequest {
+                    user_id: user,
+                    candidates,
+                    ..Default::default()
+                });
+                r.set_timeout(self.timeout);
+                RankingClient::new(self.channel.clone()).rank(r).await?;
                 Ok((Vec::new(), false))
             }
         }
@@ -162,16 +238,14 @@ fn record(
 /// Runs the benchmark: warm-up (not recorded), then the measured window.
 pub async fn run(cfg: &BenchConfig) -> anyhow::Result<BenchReport> {
     anyhow::ensure!(!cfg.users.is_empty(), "no users to ask for");
-    let channel = reco_server::channel(&cfg.addr)?;
     let caller = Caller {
         target: cfg.target,
-        gateway: GatewayClient::new(channel.clone()),
-        feature: FeatureServiceClient::new(channel),
+        channel: reco_server::channel(&cfg.addr)?,
         users: Arc::new(cfg.users.clone()),
         items: Arc::new(cfg.items.clone()),
         timeout: cfg.timeout,
     };
-    if cfg.target == Target::ItemBatch {
+    if matches!(cfg.target, Target::ItemBatch | Target::Rank) {
         anyhow::ensure!(!cfg.items.is_empty(), "no items to ask for");
     }
     // Warm-up: the same load, not recorded.

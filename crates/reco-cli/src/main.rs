@@ -51,7 +51,8 @@ struct BenchArgs {
     /// What to call.
     #[arg(long, value_enum, default_value = "recommend")]
     target: reco_cli::bench::Target,
-    /// The service to load (the gateway for recommend, the feature service otherwise). Without it, a platform is
+    /// The service to load (the one the target calls: gateway, feature, cache, vector-recall, graph-recall or
+    /// ranking). Without it, a platform is
     /// started in this process with the data flags' data, and loaded (load generator included in the figures).
     #[arg(long)]
     addr: Option<String>,
@@ -97,6 +98,10 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             let addr = match args.target {
                 Target::Recommend => platform.addrs.gateway,
                 Target::UserContext | Target::ItemBatch => platform.addrs.feature,
+                Target::CacheGet => platform.addrs.cache,
+                Target::VectorSearch => platform.addrs.vector,
+                Target::GraphRecall => platform.addrs.graph,
+                Target::Rank => platform.addrs.ranking,
             };
             (Some(platform), addr.to_string())
         }
