@@ -174,3 +174,20 @@ pub fn run_grpcurl_err(bin: &Path, args: &[&str]) -> String {
     assert!(!out.status.success(), "grpcurl {args:?} should have failed");
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
+
+/// 40 string features of 12 KB each: every field is valid, the row is over DynamoDB's 400 KB item limit.
+pub fn oversize_features() -> reco_proto::common::v1::Features {
+    use reco_proto::common::v1::{FeatureValue, feature_value::Kind};
+    reco_proto::common::v1::Features {
+        values: (0..40)
+            .map(|i| {
+                (
+                    format!("blob{i}"),
+                    FeatureValue {
+                        kind: Some(Kind::StringValue("x".repeat(12 * 1024))),
+                    },
+                )
+            })
+            .collect(),
+    }
+}

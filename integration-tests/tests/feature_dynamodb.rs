@@ -65,20 +65,7 @@ async fn the_platform_serves_recommendations_from_dynamodb() {
     assert!(!ctx.embedding.is_empty() && !ctx.recall_pool.is_empty());
 
     // Over the item limit: refused with the size and the limit, and nothing of the batch reaches the table.
-    let big = reco_proto::common::v1::Features {
-        values: (0..40)
-            .map(|i| {
-                (
-                    format!("blob{i}"),
-                    reco_proto::common::v1::FeatureValue {
-                        kind: Some(reco_proto::common::v1::feature_value::Kind::StringValue(
-                            "x".repeat(12 * 1024),
-                        )),
-                    },
-                )
-            })
-            .collect(),
-    };
+    let big = reco_integration_tests::oversize_features();
     let err = f
         .put_user_features(feature::PutUserFeaturesRequest {
             users: vec![

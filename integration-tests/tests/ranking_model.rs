@@ -25,6 +25,31 @@ fn rank_request() -> RankRequest {
     }
 }
 
+/// Starts a ranking service with `cfg` on a free port and waits until it serves; send on the sender to stop it.
+async fn start(
+    cfg: &reco_ranking::Config,
+) -> (
+    String,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), reco_server::ServerError>>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        reco_ranking::build(cfg)
+            .await
+            .unwrap()
+            .serve(listener, async {
+                let _ = stopped.await;
+            }),
+    );
+    reco_server::wait_serving(&addr, Duration::from_secs(5))
+        .await
+        .unwrap();
+    (addr, stop, server)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trained_model_serves_and_is_replaced_without_dropping_a_request() {
     let data = reco_data::generate(&reco_data::GenConfig {
@@ -44,20 +69,7 @@ async fn a_trained_model_serves_and_is_replaced_without_dropping_a_request() {
         reload_ms: 20,
         ..Default::default()
     };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(
-        reco_ranking::build(&cfg)
-            .await
-            .unwrap()
-            .serve(listener, async {
-                let _ = stopped.await;
-            }),
-    );
-    reco_server::wait_serving(&addr, Duration::from_secs(5))
-        .await
-        .unwrap();
+    let (addr, stop, server) = start(&cfg).await;
     let mut client = RankingClient::new(reco_server::channel(&addr).unwrap());
     let version = |c: &mut RankingClient<_>| {
         let mut c = c.clone();
@@ -155,20 +167,7 @@ async fn the_ranking_service_scores_through_a_sagemaker_endpoint() {
     cfg.sagemaker.features = vec!["cf_score".into(), "log_popularity".into()];
     cfg.sagemaker.aws.endpoint_url = Some(moto.endpoint());
     cfg.sagemaker.aws.region = Some("us-east-1".into());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(
-        reco_ranking::build(&cfg)
-            .await
-            .unwrap()
-            .serve(listener, async {
-                let _ = stopped.await;
-            }),
-    );
-    reco_server::wait_serving(&addr, Duration::from_secs(5))
-        .await
-        .unwrap();
+    let (addr, stop, server) = start(&cfg).await;
     let mut client = RankingClient::new(reco_server::channel(&addr).unwrap());
     let r = client
         .rank(RankRequest {

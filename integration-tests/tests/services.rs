@@ -249,21 +249,7 @@ async fn a_service_stops_serving_on_shutdown_and_releases_its_port() {
 async fn a_row_over_400_kb_is_refused_naming_its_size_and_the_limit() {
     let t = TestPlatform::start().await;
     let mut f = FeatureServiceClient::new(ch(t.platform.addrs.feature));
-    // 40 string features of 12 KB each: every field is valid, the row is not.
-    let big = reco_proto::common::v1::Features {
-        values: (0..40)
-            .map(|i| {
-                (
-                    format!("blob{i}"),
-                    reco_proto::common::v1::FeatureValue {
-                        kind: Some(reco_proto::common::v1::feature_value::Kind::StringValue(
-                            "x".repeat(12 * 1024),
-                        )),
-                    },
-                )
-            })
-            .collect(),
-    };
+    let big = reco_integration_tests::oversize_features();
     let err = f
         .put_item_features(feature::PutItemFeaturesRequest {
             items: vec![
