@@ -8,9 +8,21 @@ use tonic::{
     transport::{Channel, Endpoint},
 };
 
-/// Adds the current span's W3C trace context to every outgoing request.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct TraceInterceptor;
+/// Adds the current span's W3C trace context to every outgoing request, and this process's caller token when it
+/// has one ([`crate::auth::client_token`]).
+#[derive(Clone, Debug, Default)]
+pub struct TraceInterceptor {
+    authorization: Option<MetadataValue<tonic::metadata::Ascii>>,
+}
+
+impl TraceInterceptor {
+    /// Sends `token` as `authorization: Bearer <token>`.
+    pub fn with_token(token: &str) -> Self {
+        Self {
+            authorization: MetadataValue::try_from(format!("Bearer {token}")).ok(),
+        }
+    }
+}
 
 impl Interceptor for TraceInterceptor {
     fn call(
@@ -18,6 +30,9 @@ impl Interceptor for TraceInterceptor {
         mut request: tonic::Request<()>,
     ) -> Result<tonic::Request<()>, tonic::Status> {
         let metadata = request.metadata_mut();
+        if let Some(value) = &self.authorization {
+            metadata.insert("authorization", value.clone());
+        }
         reco_telemetry::inject(|key, value| {
             if let (Ok(key), Ok(value)) = (
                 MetadataKey::from_bytes(key.as_bytes()),
@@ -40,6 +55,17 @@ pub const CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
 /// A lazily connected channel to `addr` (`host:port` or a full `http://` URI). It connects on first use and
 /// reconnects by itself, so a downstream that starts later or restarts is picked up without restarting the caller.
 pub fn channel(addr: &str) -> Result<TracedChannel, tonic::transport::Error> {
+    let interceptor = crate::auth::client_token()
+        .map(TraceInterceptor::with_token)
+        .unwrap_or_default();
+    channel_with(addr, interceptor)
+}
+
+/// [`channel`] with a given interceptor (another caller token, in tests).
+pub fn channel_with(
+    addr: &str,
+    interceptor: TraceInterceptor,
+) -> Result<TracedChannel, tonic::transport::Error> {
     let uri = if addr.contains("://") {
         addr.to_string()
     } else {
@@ -55,7 +81,7 @@ pub fn channel(addr: &str) -> Result<TracedChannel, tonic::transport::Error> {
         .initial_connection_window_size(CONNECTION_WINDOW);
     Ok(InterceptedService::new(
         endpoint.connect_lazy(),
-        TraceInterceptor,
+        interceptor,
     ))
 }
 

@@ -2,15 +2,17 @@
 //! configure it, traced clients for calling other services, and a shutdown signal.
 //!
 //! ```text
-//!   request ─▶ load shed ─▶ concurrency limit ─▶ trace span (W3C context) ─▶ panic → INTERNAL ─▶ service
+//!   request ─▶ load shed ─▶ caller auth (optional) ─▶ concurrency limit ─▶ trace span (W3C context)
+//!           ─▶ panic → INTERNAL ─▶ service
 //!   health:  NOT_SERVING ──(listening + backends ready)──▶ SERVING ──(shutdown signal)──▶ NOT_SERVING ─▶ drain
 //! ```
 
+pub mod auth;
 mod client;
 mod health;
 mod server;
 
-pub use client::{TraceInterceptor, TracedChannel, channel, wait_serving};
+pub use client::{TraceInterceptor, TracedChannel, channel, channel_with, wait_serving};
 pub use server::{GrpcServer, ServerArgs, ServerError, shutdown_signal};
 
 use reco_types::ValidationError;

@@ -32,6 +32,10 @@ pub struct ServerArgs {
     /// How long in-flight requests may take to finish after a shutdown signal, in milliseconds.
     #[arg(long, env = "RECO_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
     pub drain_timeout_ms: u64,
+    /// Serve only callers listed in this file (`name read|read,write token` per line; a mounted Secret): writes
+    /// need `write`. Without it every caller may call everything.
+    #[arg(long, env = "RECO_AUTH_TOKENS_FILE")]
+    pub auth_tokens_file: Option<std::path::PathBuf>,
 }
 
 impl ServerArgs {
@@ -48,6 +52,7 @@ impl Default for ServerArgs {
             listen: None,
             concurrency_limit: 1024,
             drain_timeout_ms: 10_000,
+            auth_tokens_file: None,
         }
     }
 }
@@ -61,6 +66,9 @@ pub enum ServerError {
     /// The transport failed (accepting connections, HTTP/2).
     #[error("gRPC transport failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The tokens file could not be used.
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
     /// In-flight requests did not finish within the drain timeout.
     #[error("requests still running after the drain timeout of {0:?}; stopped anyway")]
     DrainTimeout(Duration),
@@ -76,6 +84,8 @@ pub struct GrpcServer {
     args: ServerArgs,
     routes: RoutesBuilder,
     service_names: Vec<&'static str>,
+    /// Full paths of the RPCs that need the write permission.
+    writes: std::collections::HashSet<String>,
     health: HealthReporter,
     draining: tokio::sync::watch::Sender<bool>,
     readiness: Option<ReadinessProbe>,
@@ -99,6 +109,7 @@ impl GrpcServer {
             args,
             routes,
             service_names: Vec::new(),
+            writes: Default::default(),
             health,
             draining,
             readiness: None,
@@ -120,6 +131,19 @@ impl GrpcServer {
         self.service_names.push(S::NAME);
         self.routes.add_service(service);
         self
+    }
+
+    /// Declares the RPCs of `service` (its full name) that change data: with `--auth-tokens-file`, only callers
+    /// with the write permission may call them.
+    pub fn write_rpcs(mut self, service: &str, methods: &[&str]) -> Self {
+        self.writes
+            .extend(methods.iter().map(|m| format!("/{service}/{m}")));
+        self
+    }
+
+    /// Full paths of the RPCs declared as writes.
+    pub fn writes(&self) -> &std::collections::HashSet<String> {
+        &self.writes
     }
 
     /// A check that the service's backends answer. Health stays NOT_SERVING until it passes; it is retried.
@@ -180,6 +204,13 @@ impl GrpcServer {
         self.routes.add_service(reflection_alpha.build_v1alpha()?);
         let routes = std::mem::take(&mut self.routes).routes();
 
+        let policy = match &self.args.auth_tokens_file {
+            Some(path) => Some(crate::auth::Policy {
+                callers: std::sync::Arc::new(crate::auth::Callers::load(path)?),
+                writes: std::sync::Arc::new(std::mem::take(&mut self.writes)),
+            }),
+            None => None,
+        };
         let local = listener.local_addr().ok();
         let name = self.name;
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -194,6 +225,8 @@ impl GrpcServer {
             })
             // Refuse at once (RESOURCE_EXHAUSTED) when the concurrency limit is reached, rather than queue.
             .load_shed(true)
+            // Callers without a token, or without the write permission on a write, are refused first.
+            .layer(crate::auth::AuthLayer(policy))
             // At most this many requests in flight, over every connection.
             .layer(GlobalConcurrencyLimitLayer::new(
                 self.args.concurrency_limit as usize,

@@ -18,6 +18,19 @@ use reco_telemetry::TelemetryArgs;
 pub use api::CacheApi;
 pub use error::Error;
 
+/// The full name of this service's API.
+pub const API: &str = "reco.cache.v1.CacheService";
+
+/// The RPCs that change data: with `--auth-tokens-file`, only callers with the write permission may call them.
+pub const WRITE_RPCS: &[&str] = &[
+    "PutRecommendations",
+    "Invalidate",
+    "PushEvent",
+    "RecordImpressions",
+    "PutSession",
+    "DeleteSession",
+];
+
 /// Where the service listens unless told otherwise.
 pub const DEFAULT_PORT: u16 = 50053;
 
@@ -97,6 +110,7 @@ pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn CacheStore>> {
 pub fn server(config: &Config, store: Arc<dyn CacheStore>) -> GrpcServer {
     let probe = store.clone();
     GrpcServer::new("cache", config.server.clone())
+        .write_rpcs(API, WRITE_RPCS)
         .add_service(CacheServiceServer::new(CacheApi::new(store)))
         .readiness(move || {
             let store = probe.clone();

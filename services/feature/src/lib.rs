@@ -22,6 +22,19 @@ use reco_telemetry::TelemetryArgs;
 pub use api::FeatureApi;
 pub use error::Error;
 
+/// The full name of this service's API.
+pub const API: &str = "reco.feature.v1.FeatureService";
+
+/// The RPCs that change data: with `--auth-tokens-file`, only callers with the write permission may call them.
+pub const WRITE_RPCS: &[&str] = &[
+    "PutUserFeatures",
+    "PutItemFeatures",
+    "PutRecallPools",
+    "PutPopularItems",
+    "AppendEvents",
+    "ActivateVersion",
+];
+
 /// Where the service listens unless told otherwise.
 pub const DEFAULT_PORT: u16 = 50052;
 
@@ -159,6 +172,7 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn FeatureStore>
 pub fn server(config: &Config, store: Arc<dyn FeatureStore>) -> GrpcServer {
     let probe = store.clone();
     GrpcServer::new("feature", config.server.clone())
+        .write_rpcs(API, WRITE_RPCS)
         .add_service(FeatureServiceServer::new(FeatureApi::new(
             store,
             config.max_events,

@@ -33,6 +33,12 @@ pub use error::Error;
 pub use pipeline::{Clients, Pipeline, PipelineConfig};
 use recall::{CfSource, GraphSource, PopularSource, RecallSource, VectorSource};
 
+/// The full name of this service's API.
+pub const API: &str = "reco.gateway.v1.Gateway";
+
+/// The RPCs that change data: with `--auth-tokens-file`, only callers with the write permission may call them.
+pub const WRITE_RPCS: &[&str] = &[];
+
 /// Where the gateway listens unless told otherwise.
 pub const DEFAULT_PORT: u16 = 50051;
 
@@ -277,6 +283,7 @@ pub fn server(config: &Config, pipeline: Pipeline, downstreams: Downstreams) -> 
     let pipeline = Arc::new(pipeline);
     let background = pipeline.clone();
     GrpcServer::new("gateway", config.server.clone())
+        .write_rpcs(API, WRITE_RPCS)
         .add_service(GatewayServer::new(GatewayApi::new(pipeline)))
         // Result-cache and impression writes started by answered requests complete before the process exits.
         .after_drain(async move { background.finish_background().await })

@@ -18,6 +18,12 @@ use reco_telemetry::TelemetryArgs;
 pub use api::GraphApi;
 pub use error::Error;
 
+/// The full name of this service's API.
+pub const API: &str = "reco.graph_recall.v1.GraphRecall";
+
+/// The RPCs that change data: with `--auth-tokens-file`, only callers with the write permission may call them.
+pub const WRITE_RPCS: &[&str] = &["AddEdges", "RemoveEdges"];
+
 /// Where the service listens unless told otherwise.
 pub const DEFAULT_PORT: u16 = 50055;
 
@@ -68,6 +74,7 @@ pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn GraphStore>> {
 pub fn server(config: &Config, store: Arc<dyn GraphStore>) -> GrpcServer {
     let probe = store.clone();
     GrpcServer::new("graph-recall", config.server.clone())
+        .write_rpcs(API, WRITE_RPCS)
         .add_service(GraphRecallServer::new(GraphApi::new(store)))
         .readiness(move || {
             let store = probe.clone();

@@ -19,6 +19,12 @@ use reco_telemetry::TelemetryArgs;
 pub use api::RankingApi;
 pub use error::Error;
 
+/// The full name of this service's API.
+pub const API: &str = "reco.ranking.v1.Ranking";
+
+/// The RPCs that change data: with `--auth-tokens-file`, only callers with the write permission may call them.
+pub const WRITE_RPCS: &[&str] = &[];
+
 /// Where the service listens unless told otherwise.
 pub const DEFAULT_PORT: u16 = 50056;
 
@@ -169,6 +175,7 @@ fn watch(model: std::sync::Weak<ReloadingModel>, every: Duration) {
 /// The service over a given model, ready to serve.
 pub fn server(config: &Config, ranker: Arc<dyn Ranker>) -> GrpcServer {
     GrpcServer::new("ranking", config.server.clone())
+        .write_rpcs(API, WRITE_RPCS)
         .add_service(RankingServer::new(RankingApi::new(ranker)))
 }
 

@@ -22,6 +22,12 @@ use reco_vector_index::{ExactIndex, Metric, VersionedIndex};
 pub use api::VectorApi;
 pub use error::Error;
 
+/// The full name of this service's API.
+pub const API: &str = "reco.vector_recall.v1.VectorRecall";
+
+/// The RPCs that change data: with `--auth-tokens-file`, only callers with the write permission may call them.
+pub const WRITE_RPCS: &[&str] = &["Upsert", "Delete", "ActivateIndex"];
+
 /// Where the service listens unless told otherwise.
 pub const DEFAULT_PORT: u16 = 50054;
 
@@ -87,6 +93,7 @@ pub fn server(config: &Config, index: Arc<VersionedIndex>) -> anyhow::Result<Grp
         .transpose()?;
     let probe = index.clone();
     Ok(GrpcServer::new("vector-recall", config.server.clone())
+        .write_rpcs(API, WRITE_RPCS)
         .add_service(VectorRecallServer::new(VectorApi::new(index, features)))
         .readiness(move || {
             let index = probe.clone();
