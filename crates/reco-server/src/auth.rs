@@ -274,7 +274,7 @@ mod tests {
     #[test]
     fn a_bad_tokens_file_names_the_line_and_never_the_token() {
         for (text, line, says) in [
-            ("a read\n", 1, "3 fields"),
+            ("a read\n", 1, "found 2 fields"),
             ("a admin secret-secret-secret-1\n", 1, "unknown permission"),
             ("a read short\n", 1, "at least 16"),
             (
