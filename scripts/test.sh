@@ -38,6 +38,12 @@ if ! command -v redis-server >/dev/null; then
   (command -v service >/dev/null && service redis-server stop) >/dev/null 2>&1 || true
 fi
 export RECO_REQUIRE_REDIS=1
+# openssl: the TLS tests make their own certificate authorities with it.
+if ! command -v openssl >/dev/null; then
+  echo "installing openssl"
+  apt_install openssl
+fi
+export RECO_REQUIRE_OPENSSL=1
 redis-server --version
 export RECO_REQUIRE_GRPCURL=1
 

@@ -11,6 +11,7 @@ pub mod auth;
 mod client;
 mod health;
 mod server;
+pub mod tls;
 
 pub use client::{TraceInterceptor, TracedChannel, channel, channel_with, wait_serving};
 pub use server::{GrpcServer, ServerArgs, ServerError, shutdown_signal};

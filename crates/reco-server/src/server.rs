@@ -36,6 +36,8 @@ pub struct ServerArgs {
     /// need `write`. Without it every caller may call everything.
     #[arg(long, env = "RECO_AUTH_TOKENS_FILE")]
     pub auth_tokens_file: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub tls: crate::tls::TlsArgs,
 }
 
 impl ServerArgs {
@@ -53,6 +55,7 @@ impl Default for ServerArgs {
             concurrency_limit: 1024,
             drain_timeout_ms: 10_000,
             auth_tokens_file: None,
+            tls: Default::default(),
         }
     }
 }
@@ -69,6 +72,9 @@ pub enum ServerError {
     /// The tokens file could not be used.
     #[error(transparent)]
     Auth(#[from] crate::auth::AuthError),
+    /// The certificate files could not be used.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// In-flight requests did not finish within the drain timeout.
     #[error("requests still running after the drain timeout of {0:?}; stopped anyway")]
     DrainTimeout(Duration),
@@ -239,13 +245,31 @@ impl GrpcServer {
                 },
             ))
             .add_routes(routes);
-        // Nagle's algorithm would hold back the tail of multi-segment responses until the peer's delayed ACK.
-        let incoming = TcpIncoming::from(listener)
-            .with_nodelay(Some(true))
-            .with_keepalive(Some(Duration::from_secs(60)));
-        let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
+        let stopped = async {
             let _ = stop_rx.await;
-        }));
+        };
+        let (server, acceptor) = match self.args.tls.files() {
+            None => {
+                // Nagle's algorithm would hold back the tail of multi-segment responses until the peer's
+                // delayed ACK.
+                let incoming = TcpIncoming::from(listener)
+                    .with_nodelay(Some(true))
+                    .with_keepalive(Some(Duration::from_secs(60)));
+                (
+                    tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped)),
+                    None,
+                )
+            }
+            Some(files) => {
+                let tls = std::sync::Arc::new(crate::tls::Reloading::open(files)?);
+                let every = Duration::from_millis(self.args.tls.tls_reload_ms);
+                let (incoming, acceptor) = crate::tls::incoming(listener, tls, every, name);
+                (
+                    tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped)),
+                    Some(acceptor),
+                )
+            }
+        };
         info!(service = name, addr = ?local, "listening");
 
         // Ready once the backends answer; the probe is retried until then, or until shutdown.
@@ -277,6 +301,10 @@ impl GrpcServer {
         let _ = self.draining.send(true);
         info!(service = name, "draining");
         let _ = stop_tx.send(());
+        // The TLS accept loop owns the listener: stopping it releases the port.
+        if let Some(acceptor) = &acceptor {
+            acceptor.abort();
+        }
         let drain = Duration::from_millis(self.args.drain_timeout_ms);
         let abort = server.abort_handle();
         let after = self.after_drain.lock().expect("not poisoned").take();

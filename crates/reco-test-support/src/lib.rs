@@ -210,10 +210,61 @@ impl Drop for RedisServer {
 
 /// A CA and a server certificate for localhost / 127.0.0.1 signed by it, in `dir`, valid for a day.
 fn make_certs(openssl: &Path, dir: &Path) {
-    let run = |args: &[&str]| {
-        let out = Command::new(openssl)
+    TestCa::new(openssl, dir, "ca").issue("server", Usage::Server);
+}
+
+/// What a certificate is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Usage {
+    /// A server for `localhost` and 127.0.0.1.
+    Server,
+    /// A client (mutual TLS).
+    Client,
+}
+
+/// A throwaway certificate authority (openssl), valid for a day: `NAME.crt` / `NAME.key` in its directory, and
+/// the certificates it issues beside them.
+pub struct TestCa {
+    openssl: PathBuf,
+    dir: PathBuf,
+    name: String,
+}
+
+impl TestCa {
+    /// openssl, or None when it is missing and `RECO_REQUIRE_OPENSSL` is not set.
+    pub fn openssl() -> Option<PathBuf> {
+        require("openssl", "RECO_REQUIRE_OPENSSL")
+    }
+
+    pub fn new(openssl: &Path, dir: &Path, name: &str) -> Self {
+        let ca = Self {
+            openssl: openssl.to_path_buf(),
+            dir: dir.to_path_buf(),
+            name: name.to_string(),
+        };
+        let (crt, key) = (format!("{name}.crt"), format!("{name}.key"));
+        ca.run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &crt,
+            "-days",
+            "1",
+            "-subj",
+            &format!("/CN=reco test CA {name}"),
+        ]);
+        ca
+    }
+
+    fn run(&self, args: &[&str]) {
+        let out = Command::new(&self.openssl)
             .args(args)
-            .current_dir(dir)
+            .current_dir(&self.dir)
             .output()
             .expect("openssl runs");
         assert!(
@@ -221,56 +272,60 @@ fn make_certs(openssl: &Path, dir: &Path) {
             "openssl {args:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-    };
-    std::fs::write(
-        dir.join("ext.cnf"),
-        "basicConstraints=CA:FALSE\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n",
-    )
-    .expect("write ext.cnf");
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=reco test CA",
-    ]);
-    run(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
-        "/CN=localhost",
-    ]);
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.crt",
-        "-days",
-        "1",
-        "-extfile",
-        "ext.cnf",
-    ]);
+    }
+
+    /// The CA's certificate.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join(format!("{}.crt", self.name))
+    }
+
+    /// Issues `who.crt` and `who.key`; returns their paths.
+    pub fn issue(&self, who: &str, usage: Usage) -> (PathBuf, PathBuf) {
+        let ext = match usage {
+            Usage::Server => {
+                "basicConstraints=CA:FALSE\nsubjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"
+            }
+            Usage::Client => "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+        };
+        let ext_file = format!("{who}.ext");
+        std::fs::write(self.dir.join(&ext_file), ext).expect("write the extensions file");
+        let (crt, key, csr) = (
+            format!("{who}.crt"),
+            format!("{who}.key"),
+            format!("{who}.csr"),
+        );
+        self.run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+            "-subj",
+            &format!("/CN={who}"),
+        ]);
+        let (ca_crt, ca_key) = (format!("{}.crt", self.name), format!("{}.key", self.name));
+        self.run(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &ca_crt,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-out",
+            &crt,
+            "-days",
+            "1",
+            "-extfile",
+            &ext_file,
+        ]);
+        (self.dir.join(crt), self.dir.join(key))
+    }
 }
 
 /// A Redis cluster of `n` masters (no replicas), each a [`RedisServer`] with cluster mode on, joined and ready.

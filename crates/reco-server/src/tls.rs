@@ -1,0 +1,212 @@
+//! TLS on every server (rustls with ring), mutual TLS as an option, certificates reloaded when their files change.
+//!
+//! ```text
+//!   TcpListener ─accept─▶ handshake task (current ServerConfig, 10 s bound) ─▶ channel ─▶ tonic server
+//!                               ▲
+//!   reload task: every --tls-reload-ms, files changed? ─▶ build a new ServerConfig ─▶ swap (old connections keep theirs)
+//! ```
+//!
+//! A new certificate that does not load (half-written, key not matching) is refused and logged; the previous one
+//! keeps serving. Handshakes run in their own tasks, so a slow or silent client never holds up the accept loop.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use parking_lot::RwLock;
+use rustls::{
+    RootCertStore, ServerConfig,
+    crypto::ring,
+    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
+    server::WebPkiClientVerifier,
+};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::{TlsAcceptor, server::TlsStream};
+use tracing::{info, warn};
+
+/// TLS flags of every server.
+#[derive(Clone, Debug, clap::Args)]
+pub struct TlsArgs {
+    /// Serve TLS with this certificate chain (PEM). Reloaded when the file changes.
+    #[arg(long, env = "RECO_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, env = "RECO_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Mutual TLS: accept only clients presenting a certificate signed by this CA (PEM).
+    #[arg(long, env = "RECO_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// How often the certificate files are checked for changes, in ms.
+    #[arg(long, env = "RECO_TLS_RELOAD_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(10..))]
+    pub tls_reload_ms: u64,
+}
+
+impl Default for TlsArgs {
+    fn default() -> Self {
+        Self {
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            tls_reload_ms: 5_000,
+        }
+    }
+}
+
+/// Why a certificate set could not be used.
+#[derive(Debug, thiserror::Error)]
+#[error("TLS: {0}")]
+pub struct TlsError(String);
+
+fn err(what: &str, path: &Path, e: impl std::fmt::Display) -> TlsError {
+    TlsError(format!("{what} {}: {e}", path.display()))
+}
+
+/// The files a server's TLS is built from.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// The files, when TLS is on.
+    pub fn files(&self) -> Option<TlsFiles> {
+        Some(TlsFiles {
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+            client_ca: self.tls_client_ca.clone(),
+        })
+    }
+}
+
+impl TlsFiles {
+    /// Reads the files into a rustls configuration speaking HTTP/2.
+    pub fn load(&self) -> Result<ServerConfig, TlsError> {
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&self.cert)
+            .map_err(|e| err("cannot read certificates", &self.cert, e))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| err("cannot parse certificates", &self.cert, e))?;
+        if certs.is_empty() {
+            return Err(err("no certificate in", &self.cert, "empty"));
+        }
+        let key = PrivateKeyDer::from_pem_file(&self.key)
+            .map_err(|e| err("cannot read the private key", &self.key, e))?;
+        let provider = Arc::new(ring::default_provider());
+        let builder = ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError(e.to_string()))?;
+        let builder = match &self.client_ca {
+            None => builder.with_no_client_auth(),
+            Some(ca) => {
+                let mut roots = RootCertStore::empty();
+                for c in CertificateDer::pem_file_iter(ca)
+                    .map_err(|e| err("cannot read the client CA", ca, e))?
+                {
+                    let c = c.map_err(|e| err("cannot parse the client CA", ca, e))?;
+                    roots.add(c).map_err(|e| err("unusable client CA", ca, e))?;
+                }
+                let verifier =
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                        .build()
+                        .map_err(|e| err("unusable client CA", ca, e))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut config = builder
+            .with_single_cert(certs, key)
+            .map_err(|e| err("the key does not fit the certificate", &self.key, e))?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(config)
+    }
+
+    fn stamps(&self) -> Vec<Option<SystemTime>> {
+        [Some(&self.cert), Some(&self.key), self.client_ca.as_ref()]
+            .into_iter()
+            .flatten()
+            .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+            .collect()
+    }
+}
+
+/// The serving TLS configuration, swapped when the files change.
+pub struct Reloading {
+    files: TlsFiles,
+    current: RwLock<Arc<ServerConfig>>,
+    loaded: parking_lot::Mutex<Vec<Option<SystemTime>>>,
+}
+
+impl Reloading {
+    /// Loads the files; an error here stops the server from starting.
+    pub fn open(files: TlsFiles) -> Result<Self, TlsError> {
+        let stamps = files.stamps();
+        let config = files.load()?;
+        Ok(Self {
+            files,
+            current: RwLock::new(Arc::new(config)),
+            loaded: parking_lot::Mutex::new(stamps),
+        })
+    }
+
+    /// The configuration new connections use.
+    pub fn current(&self) -> Arc<ServerConfig> {
+        self.current.read().clone()
+    }
+
+    /// Reloads when any file changed; Ok(true) when a new configuration serves.
+    pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
+        let stamps = self.files.stamps();
+        if *self.loaded.lock() == stamps {
+            return Ok(false);
+        }
+        let config = self.files.load();
+        // Whatever the outcome, this version of the files has been seen: a bad file is reported once.
+        *self.loaded.lock() = stamps;
+        *self.current.write() = Arc::new(config?);
+        Ok(true)
+    }
+}
+
+/// Accepts TLS connections on `listener` until the returned stream is dropped (its task is aborted then).
+pub fn incoming(
+    listener: TcpListener,
+    tls: Arc<Reloading>,
+    reload_every: Duration,
+    name: &'static str,
+) -> (
+    tokio_stream::wrappers::ReceiverStream<std::io::Result<TlsStream<TcpStream>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(128);
+    let task = tokio::spawn(async move {
+        let mut reload = tokio::time::interval(reload_every);
+        reload.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = reload.tick() => match tls.reload_if_changed() {
+                    Ok(true) => info!(service = name, "TLS certificate reloaded"),
+                    Ok(false) => {}
+                    Err(error) => warn!(service = name, %error, "new TLS files refused; the previous certificate keeps serving"),
+                },
+                accepted = listener.accept() => {
+                    let Ok((tcp, _)) = accepted else { continue };
+                    let _ = tcp.set_nodelay(true);
+                    let acceptor = TlsAcceptor::from(tls.current());
+                    let tx = tx.clone();
+                    tokio::spawn(async move {
+                        match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                            Ok(Ok(stream)) => {
+                                let _ = tx.send(Ok(stream)).await;
+                            }
+                            Ok(Err(error)) => tracing::debug!(service = name, %error, "TLS handshake refused"),
+                            Err(_) => tracing::debug!(service = name, "TLS handshake timed out"),
+                        }
+                    });
+                }
+            }
+        }
+    });
+    (tokio_stream::wrappers::ReceiverStream::new(rx), task)
+}
