@@ -156,3 +156,43 @@ fn every_service_has_probes_resources_and_a_service_on_its_port() {
         );
     }
 }
+
+#[test]
+fn the_compose_file_builds_every_service_and_wires_the_gateway() {
+    let path = workspace_root().join("deploy/compose.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let doc = &YamlLoader::load_from_str(&text).expect("compose.yaml parses")[0];
+    let services = &doc["services"];
+    for (service, _) in APIS {
+        let s = &services[service];
+        assert!(!s.is_badvalue(), "compose has no {service}");
+        assert_eq!(
+            s["build"]["args"]["SERVICE"].as_str(),
+            Some(format!("reco-{service}").as_str()),
+            "{service} builds its own binary"
+        );
+        assert!(
+            s["ports"][0]
+                .as_str()
+                .is_some_and(|p| p.ends_with(":50051")),
+            "{service} publishes its gRPC port"
+        );
+    }
+    for backend in ["redis", "dynamodb", "opensearch"] {
+        assert!(!services[backend].is_badvalue(), "compose runs {backend}");
+    }
+    let gateway_env = &services["gateway"]["environment"];
+    for (var, target) in [
+        ("RECO_FEATURE_ADDR", "feature"),
+        ("RECO_CACHE_ADDR", "cache"),
+        ("RECO_VECTOR_ADDR", "vector-recall"),
+        ("RECO_GRAPH_ADDR", "graph-recall"),
+        ("RECO_RANKING_ADDR", "ranking"),
+    ] {
+        assert_eq!(
+            gateway_env[var].as_str(),
+            Some(format!("http://{target}:50051").as_str()),
+            "{var}"
+        );
+    }
+}

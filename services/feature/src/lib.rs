@@ -75,7 +75,8 @@ pub struct DynamoArgs {
         env = "RECO_DYNAMODB_CONSISTENT_READS"
     )]
     pub consistent_reads: bool,
-    /// Create missing tables at start, on-demand billing (development; production tables come from deploy/).
+    /// Create missing tables at start, on-demand billing (development; create production tables with your
+    /// infrastructure code: the layout is in the README).
     #[arg(long = "dynamodb-create-tables", env = "RECO_DYNAMODB_CREATE_TABLES")]
     pub create_tables: bool,
     /// How long the active feature version is trusted before it is read again, in ms: another process's switch
