@@ -1,10 +1,17 @@
-//! TLS on a service: mutual TLS refuses a client with no certificate or one from another CA, and a certificate
-//! replaced on disk is served to new connections without a restart.
+//! TLS: mutual TLS refuses a client with no certificate or one from another CA, a certificate replaced on disk is
+//! served to new connections without a restart, and two services call each other over mutual TLS.
 
 use std::{path::Path, time::Duration};
 
-use reco_proto::feature::v1::{
-    GetUserContextRequest, feature_service_client::FeatureServiceClient,
+use reco_proto::{
+    feature::v1::{
+        GetUserContextRequest, PutUserFeaturesRequest, User,
+        feature_service_client::FeatureServiceClient,
+    },
+    vector_recall::v1::{
+        ItemVector, SearchRequest, UpsertRequest, search_request::Query,
+        vector_recall_client::VectorRecallClient,
+    },
 };
 use reco_test_support::{TestCa, Usage};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
@@ -13,23 +20,31 @@ fn read(p: &Path) -> Vec<u8> {
     std::fs::read(p).unwrap()
 }
 
-/// A fresh connection trusting `ca`, presenting `identity` when given.
-async fn call(addr: &str, ca: &Path, identity: Option<(&Path, &Path)>) -> Result<(), String> {
+/// A fresh TLS channel trusting `ca`, presenting `identity` when given.
+async fn connect(
+    addr: &str,
+    ca: &Path,
+    identity: Option<(&Path, &Path)>,
+) -> Result<Channel, String> {
     let mut tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(read(ca)))
         .domain_name("localhost");
     if let Some((cert, key)) = identity {
         tls = tls.identity(Identity::from_pem(read(cert), read(key)));
     }
-    let channel: Channel = Endpoint::from_shared(format!("https://{addr}"))
+    Endpoint::from_shared(format!("https://{addr}"))
         .unwrap()
         .tls_config(tls)
         .map_err(|e| e.to_string())?
         .connect_timeout(Duration::from_secs(2))
         .connect()
         .await
-        .map_err(|e| format!("connect: {e:?}"))?;
-    FeatureServiceClient::new(channel)
+        .map_err(|e| format!("connect: {e:?}"))
+}
+
+/// A fresh connection trusting `ca`, presenting `identity` when given, and one read.
+async fn call(addr: &str, ca: &Path, identity: Option<(&Path, &Path)>) -> Result<(), String> {
+    FeatureServiceClient::new(connect(addr, ca, identity).await?)
         .get_user_context(GetUserContextRequest {
             user_id: "u1".into(),
             ..Default::default()
@@ -139,4 +154,147 @@ async fn mutual_tls_refuses_strangers_and_reloads_a_replaced_certificate() {
     );
     let _ = stop.send(());
     server.await.unwrap().unwrap();
+}
+
+/// Starts a service's server on a free port; send on the sender to stop it.
+async fn serve(
+    server: reco_server::GrpcServer,
+) -> (
+    String,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), reco_server::ServerError>>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.serve(listener, async {
+        let _ = stopped.await;
+    }));
+    (addr, stop, task)
+}
+
+/// Two services over mutual TLS: vector-recall asks the feature service for a user's embedding with its own
+/// certificate; a vector-recall without one is refused by the feature service, and a caller from another CA by
+/// vector-recall.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_services_call_each_other_over_mutual_tls() {
+    let Some(openssl) = TestCa::openssl() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(&openssl, dir.path(), "mesh");
+    let feature_cert = ca.issue("feature", Usage::Server);
+    // One certificate per service, good for serving and for calling (server and client usage).
+    let vector_cert = ca.issue("vector", Usage::Both);
+    let client = ca.issue("caller", Usage::Client);
+    let stranger = TestCa::new(&openssl, dir.path(), "other").issue("stranger", Usage::Client);
+
+    let mut feature = reco_feature::Config {
+        backend: reco_feature::Backend::Memory,
+        ..Default::default()
+    };
+    feature.server.tls.tls_cert = Some(feature_cert.0.clone());
+    feature.server.tls.tls_key = Some(feature_cert.1.clone());
+    feature.server.tls.tls_client_ca = Some(ca.ca_file());
+    let (feature_addr, stop_feature, feature_task) =
+        serve(reco_feature::build(&feature).await.unwrap()).await;
+
+    let mut writer = FeatureServiceClient::new(
+        connect(&feature_addr, &ca.ca_file(), Some((&client.0, &client.1)))
+            .await
+            .unwrap(),
+    );
+    writer
+        .put_user_features(PutUserFeaturesRequest {
+            users: vec![User {
+                user_id: "u1".into(),
+                embedding: vec![1.0, 0.0],
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    let mut vector = reco_vector_recall::Config {
+        dimension: 2,
+        feature_addr: Some(feature_addr.clone()),
+        ..Default::default()
+    };
+    vector.server.tls.tls_cert = Some(vector_cert.0.clone());
+    vector.server.tls.tls_key = Some(vector_cert.1.clone());
+    vector.server.tls.tls_client_ca = Some(ca.ca_file());
+    vector.server.tls.tls_ca = Some(ca.ca_file());
+    let (vector_addr, stop_vector, vector_task) =
+        serve(reco_vector_recall::build(&vector).unwrap()).await;
+    let mut search = VectorRecallClient::new(
+        connect(&vector_addr, &ca.ca_file(), Some((&client.0, &client.1)))
+            .await
+            .unwrap(),
+    );
+    search
+        .upsert(UpsertRequest {
+            items: vec![
+                ItemVector {
+                    item_id: "east".into(),
+                    vector: vec![1.0, 0.1],
+                    ..Default::default()
+                },
+                ItemVector {
+                    item_id: "north".into(),
+                    vector: vec![0.0, 1.0],
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let by_user = || SearchRequest {
+        query: Some(Query::UserId("u1".into())),
+        k: 1,
+        ..Default::default()
+    };
+    let hits = search.search(by_user()).await.unwrap().into_inner().hits;
+    assert_eq!(
+        hits[0].item_id, "east",
+        "the embedding came from the feature service over mTLS"
+    );
+
+    let refused = match connect(
+        &vector_addr,
+        &ca.ca_file(),
+        Some((&stranger.0, &stranger.1)),
+    )
+    .await
+    {
+        Err(_) => true,
+        Ok(c) => VectorRecallClient::new(c).search(by_user()).await.is_err(),
+    };
+    assert!(refused, "a caller with another CA's certificate is refused");
+    let _ = stop_vector.send(());
+    vector_task.await.unwrap().unwrap();
+
+    // A service that trusts the CA but presents no certificate of its own: refused by the other.
+    let tls_without_identity = reco_server::tls::TlsArgs {
+        tls_ca: Some(ca.ca_file()),
+        ..Default::default()
+    }
+    .client()
+    .unwrap()
+    .unwrap();
+    let anonymous = FeatureServiceClient::new(
+        reco_server::channel_tls(&feature_addr, Some(&tls_without_identity)).unwrap(),
+    )
+    .get_user_context(GetUserContextRequest {
+        user_id: "u1".into(),
+        ..Default::default()
+    })
+    .await;
+    assert!(
+        anonymous.is_err(),
+        "a service without its certificate is refused by the other"
+    );
+    let _ = stop_feature.send(());
+    feature_task.await.unwrap().unwrap();
 }

@@ -55,10 +55,19 @@ pub const CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
 /// A lazily connected channel to `addr` (`host:port` or a full `http://` URI). It connects on first use and
 /// reconnects by itself, so a downstream that starts later or restarts is picked up without restarting the caller.
 pub fn channel(addr: &str) -> Result<TracedChannel, tonic::transport::Error> {
+    channel_tls(addr, None)
+}
+
+/// [`channel`] over TLS when `tls` is given (`https`, the configured CA, the service's own certificate for mutual
+/// TLS): what a service uses to call the others with its `--tls-*` settings.
+pub fn channel_tls(
+    addr: &str,
+    tls: Option<&crate::tls::ClientTls>,
+) -> Result<TracedChannel, tonic::transport::Error> {
     let interceptor = crate::auth::client_token()
         .map(TraceInterceptor::with_token)
         .unwrap_or_default();
-    channel_with(addr, interceptor)
+    build(addr, interceptor, tls)
 }
 
 /// [`channel`] with a given interceptor (another caller token, in tests).
@@ -66,17 +75,30 @@ pub fn channel_with(
     addr: &str,
     interceptor: TraceInterceptor,
 ) -> Result<TracedChannel, tonic::transport::Error> {
-    let uri = if addr.contains("://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
+    build(addr, interceptor, None)
+}
+
+fn build(
+    addr: &str,
+    interceptor: TraceInterceptor,
+    tls: Option<&crate::tls::ClientTls>,
+) -> Result<TracedChannel, tonic::transport::Error> {
+    let host = addr.split_once("://").map_or(addr, |(_, rest)| rest);
+    let uri = match tls {
+        Some(_) => format!("https://{host}"),
+        None if addr.contains("://") => addr.to_string(),
+        None => format!("http://{addr}"),
     };
-    let endpoint = Endpoint::from_shared(uri)?
+    let mut endpoint = Endpoint::from_shared(uri)?;
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls.config.clone())?;
+    }
+    let endpoint = endpoint
         .connect_timeout(Duration::from_millis(500))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(20))
         .keep_alive_while_idle(true)
-        // HTTP/2's default 64 KB window made a 200-item answer (~90 KB) wait a round trip for a WINDOW_UPDATE.
+        // Room for answers and bulk loads larger than HTTP/2's 64 KB default window.
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW);
     Ok(InterceptedService::new(

@@ -13,7 +13,9 @@ mod health;
 mod server;
 pub mod tls;
 
-pub use client::{TraceInterceptor, TracedChannel, channel, channel_with, wait_serving};
+pub use client::{
+    TraceInterceptor, TracedChannel, channel, channel_tls, channel_with, wait_serving,
+};
 pub use server::{GrpcServer, ServerArgs, ServerError, shutdown_signal};
 
 use reco_types::ValidationError;

@@ -38,6 +38,10 @@ pub struct TlsArgs {
     /// Mutual TLS: accept only clients presenting a certificate signed by this CA (PEM).
     #[arg(long, env = "RECO_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
+    /// Call other reco services over TLS, trusting this CA (PEM); with --tls-cert and --tls-key this service also
+    /// presents its certificate to them (mutual TLS). Read at start.
+    #[arg(long, env = "RECO_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
     /// How often the certificate files are checked for changes, in ms.
     #[arg(long, env = "RECO_TLS_RELOAD_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(10..))]
     pub tls_reload_ms: u64,
@@ -49,6 +53,7 @@ impl Default for TlsArgs {
             tls_cert: None,
             tls_key: None,
             tls_client_ca: None,
+            tls_ca: None,
             tls_reload_ms: 5_000,
         }
     }
@@ -79,6 +84,28 @@ impl TlsArgs {
             key: self.tls_key.clone()?,
             client_ca: self.tls_client_ca.clone(),
         })
+    }
+}
+
+/// How this process calls other reco services over TLS.
+#[derive(Clone, Debug)]
+pub struct ClientTls {
+    pub config: tonic::transport::ClientTlsConfig,
+}
+
+impl TlsArgs {
+    /// The client side, when `--tls-ca` is set: the CA to trust and, with a certificate, the identity to present.
+    pub fn client(&self) -> Result<Option<ClientTls>, TlsError> {
+        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+        let Some(ca) = &self.tls_ca else {
+            return Ok(None);
+        };
+        let read = |p: &Path| std::fs::read(p).map_err(|e| err("cannot read", p, e));
+        let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?));
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            config = config.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
+        Ok(Some(ClientTls { config }))
     }
 }
 

@@ -220,6 +220,8 @@ pub enum Usage {
     Server,
     /// A client (mutual TLS).
     Client,
+    /// Both: a service that serves and calls others with one certificate.
+    Both,
 }
 
 /// A throwaway certificate authority (openssl), valid for a day: `NAME.crt` / `NAME.key` in its directory, and
@@ -286,6 +288,9 @@ impl TestCa {
                 "basicConstraints=CA:FALSE\nsubjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"
             }
             Usage::Client => "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+            Usage::Both => {
+                "basicConstraints=CA:FALSE\nsubjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n"
+            }
         };
         let ext_file = format!("{who}.ext");
         std::fs::write(self.dir.join(&ext_file), ext).expect("write the extensions file");

@@ -24,7 +24,7 @@ use reco_proto::{
     ranking::v1::ranking_client::RankingClient,
     vector_recall::v1::vector_recall_client::VectorRecallClient,
 };
-use reco_server::{GrpcServer, ServerArgs, TracedChannel, channel};
+use reco_server::{GrpcServer, ServerArgs, TracedChannel};
 use reco_telemetry::TelemetryArgs;
 use reco_types::ItemId;
 
@@ -203,7 +203,10 @@ pub struct Downstreams {
 
 impl Downstreams {
     /// Lazily connected channels to the configured addresses.
+    /// Over TLS when `--tls-ca` is set.
     pub fn connect(config: &Config) -> anyhow::Result<Self> {
+        let tls = config.server.tls.client()?;
+        let channel = |addr: &str| reco_server::channel_tls(addr, tls.as_ref());
         Ok(Self {
             feature: channel(&config.feature_addr)?,
             cache: channel(&config.cache_addr)?,

@@ -86,10 +86,11 @@ pub fn open_index(config: &Config) -> anyhow::Result<Arc<VersionedIndex>> {
 
 /// The service over a given index, ready to serve.
 pub fn server(config: &Config, index: Arc<VersionedIndex>) -> anyhow::Result<GrpcServer> {
+    let tls = config.server.tls.client()?;
     let features = config
         .feature_addr
         .as_deref()
-        .map(|a| reco_server::channel(a).map(FeatureServiceClient::new))
+        .map(|a| reco_server::channel_tls(a, tls.as_ref()).map(FeatureServiceClient::new))
         .transpose()?;
     let probe = index.clone();
     Ok(GrpcServer::new("vector-recall", config.server.clone())
