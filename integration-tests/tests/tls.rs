@@ -295,6 +295,75 @@ async fn two_services_call_each_other_over_mutual_tls() {
         anonymous.is_err(),
         "a service without its certificate is refused by the other"
     );
+
+    // A service's own certificate rotated on disk: used for its next connections, no restart. It starts with a
+    // certificate from another CA (the feature service refuses it), then the files are replaced by one from ours.
+    let other = TestCa::new(&openssl, dir.path(), "other-both");
+    let wrong = other.issue("vector-wrong", Usage::Both);
+    let right = ca.issue("vector-right", Usage::Both);
+    let rotating = dir.path().join("rotating");
+    std::fs::create_dir(&rotating).unwrap();
+    std::fs::copy(&wrong.0, rotating.join("tls.crt")).unwrap();
+    std::fs::copy(&wrong.1, rotating.join("tls.key")).unwrap();
+    let bundle = dir.path().join("bundle.crt");
+    std::fs::write(
+        &bundle,
+        [read(&ca.ca_file()), read(&other.ca_file())].concat(),
+    )
+    .unwrap();
+    let mut vector = reco_vector_recall::Config {
+        dimension: 2,
+        feature_addr: Some(feature_addr.clone()),
+        ..Default::default()
+    };
+    vector.server.tls.tls_cert = Some(rotating.join("tls.crt"));
+    vector.server.tls.tls_key = Some(rotating.join("tls.key"));
+    vector.server.tls.tls_client_ca = Some(ca.ca_file());
+    vector.server.tls.tls_ca = Some(ca.ca_file());
+    vector.server.tls.tls_reload_ms = 50;
+    let (vector_addr, stop_vector, vector_task) =
+        serve(reco_vector_recall::build(&vector).unwrap()).await;
+    let mut search = VectorRecallClient::new(
+        connect(&vector_addr, &bundle, Some((&client.0, &client.1)))
+            .await
+            .unwrap(),
+    );
+    search
+        .upsert(UpsertRequest {
+            items: vec![ItemVector {
+                item_id: "east".into(),
+                vector: vec![1.0, 0.1],
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(
+        search.search(by_user()).await.is_err(),
+        "the feature service refuses a certificate from another CA"
+    );
+    std::fs::copy(&right.1, rotating.join("tls.key.new")).unwrap();
+    std::fs::copy(&right.0, rotating.join("tls.crt.new")).unwrap();
+    std::fs::rename(rotating.join("tls.key.new"), rotating.join("tls.key")).unwrap();
+    std::fs::rename(rotating.join("tls.crt.new"), rotating.join("tls.crt")).unwrap();
+    let mut served = false;
+    for _ in 0..100 {
+        let c = connect(&vector_addr, &bundle, Some((&client.0, &client.1))).await;
+        if let Ok(c) = c
+            && VectorRecallClient::new(c).search(by_user()).await.is_ok()
+        {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        served,
+        "the rotated client certificate is used without a restart"
+    );
+    let _ = stop_vector.send(());
+    vector_task.await.unwrap().unwrap();
     let _ = stop_feature.send(());
     feature_task.await.unwrap().unwrap();
 }

@@ -62,7 +62,7 @@ pub fn channel(addr: &str) -> Result<TracedChannel, tonic::transport::Error> {
 /// TLS): what a service uses to call the others with its `--tls-*` settings.
 pub fn channel_tls(
     addr: &str,
-    tls: Option<&crate::tls::ClientTls>,
+    tls: Option<&std::sync::Arc<crate::tls::ClientTls>>,
 ) -> Result<TracedChannel, tonic::transport::Error> {
     let interceptor = crate::auth::client_token()
         .map(TraceInterceptor::with_token)
@@ -81,19 +81,17 @@ pub fn channel_with(
 fn build(
     addr: &str,
     interceptor: TraceInterceptor,
-    tls: Option<&crate::tls::ClientTls>,
+    tls: Option<&std::sync::Arc<crate::tls::ClientTls>>,
 ) -> Result<TracedChannel, tonic::transport::Error> {
+    // With TLS the connector does the handshake itself (re-reading rotated certificates), so the channel's own
+    // scheme stays http.
     let host = addr.split_once("://").map_or(addr, |(_, rest)| rest);
     let uri = match tls {
-        Some(_) => format!("https://{host}"),
+        Some(_) => format!("http://{host}"),
         None if addr.contains("://") => addr.to_string(),
         None => format!("http://{addr}"),
     };
-    let mut endpoint = Endpoint::from_shared(uri)?;
-    if let Some(tls) = tls {
-        endpoint = endpoint.tls_config(tls.config.clone())?;
-    }
-    let endpoint = endpoint
+    let endpoint = Endpoint::from_shared(uri)?
         .connect_timeout(Duration::from_millis(500))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(20))
@@ -101,10 +99,11 @@ fn build(
         // Room for answers and bulk loads larger than HTTP/2's 64 KB default window.
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW);
-    Ok(InterceptedService::new(
-        endpoint.connect_lazy(),
-        interceptor,
-    ))
+    let channel = match tls {
+        Some(tls) => endpoint.connect_with_connector_lazy(crate::tls::Connector(tls.clone())),
+        None => endpoint.connect_lazy(),
+    };
+    Ok(InterceptedService::new(channel, interceptor))
 }
 
 /// Waits until the server at `addr` reports SERVING on `grpc.health.v1.Health/Check`, or `timeout` passes.

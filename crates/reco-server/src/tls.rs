@@ -87,25 +87,148 @@ impl TlsArgs {
     }
 }
 
-/// How this process calls other reco services over TLS.
-#[derive(Clone, Debug)]
+/// How this process calls other reco services over TLS: the CA it trusts and the certificate it presents, both
+/// re-read when their files change (checked as each new connection opens; connections are long-lived).
 pub struct ClientTls {
-    pub config: tonic::transport::ClientTlsConfig,
+    ca: PathBuf,
+    identity: Option<(PathBuf, PathBuf)>,
+    current: RwLock<Arc<rustls::ClientConfig>>,
+    loaded: parking_lot::Mutex<Vec<Option<SystemTime>>>,
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientTls")
+            .field("ca", &self.ca)
+            .field("identity", &self.identity.as_ref().map(|(c, _)| c))
+            .finish()
+    }
 }
 
 impl TlsArgs {
     /// The client side, when `--tls-ca` is set: the CA to trust and, with a certificate, the identity to present.
-    pub fn client(&self) -> Result<Option<ClientTls>, TlsError> {
-        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    pub fn client(&self) -> Result<Option<Arc<ClientTls>>, TlsError> {
         let Some(ca) = &self.tls_ca else {
             return Ok(None);
         };
-        let read = |p: &Path| std::fs::read(p).map_err(|e| err("cannot read", p, e));
-        let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?));
-        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
-            config = config.identity(Identity::from_pem(read(cert)?, read(key)?));
+        let identity = self.tls_cert.clone().zip(self.tls_key.clone());
+        let tls = ClientTls {
+            ca: ca.clone(),
+            identity,
+            current: RwLock::new(Arc::new(
+                rustls::ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
+                    .with_safe_default_protocol_versions()
+                    .map_err(|e| TlsError(e.to_string()))?
+                    .with_root_certificates(RootCertStore::empty())
+                    .with_no_client_auth(),
+            )),
+            loaded: parking_lot::Mutex::new(Vec::new()),
+        };
+        tls.reload_if_changed()?;
+        Ok(Some(Arc::new(tls)))
+    }
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    CertificateDer::pem_file_iter(path)
+        .map_err(|e| err("cannot read certificates", path, e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| err("cannot parse certificates", path, e))
+}
+
+impl ClientTls {
+    fn stamps(&self) -> Vec<Option<SystemTime>> {
+        std::iter::once(&self.ca)
+            .chain(self.identity.iter().flat_map(|(c, k)| [c, k]))
+            .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+            .collect()
+    }
+
+    fn load(&self) -> Result<rustls::ClientConfig, TlsError> {
+        let mut roots = RootCertStore::empty();
+        for c in read_certs(&self.ca)? {
+            roots.add(c).map_err(|e| err("unusable CA", &self.ca, e))?;
         }
-        Ok(Some(ClientTls { config }))
+        let builder =
+            rustls::ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .map_err(|e| TlsError(e.to_string()))?
+                .with_root_certificates(roots);
+        let mut config = match &self.identity {
+            None => builder.with_no_client_auth(),
+            Some((cert, key)) => {
+                let key = PrivateKeyDer::from_pem_file(key)
+                    .map_err(|e| err("cannot read the private key", key, e))?;
+                builder
+                    .with_client_auth_cert(read_certs(cert)?, key)
+                    .map_err(|e| err("the key does not fit the certificate", cert, e))?
+            }
+        };
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(config)
+    }
+
+    /// Re-reads the files when they changed; a set that does not load is an error and the previous one stays.
+    pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
+        let stamps = self.stamps();
+        if *self.loaded.lock() == stamps {
+            return Ok(false);
+        }
+        let config = self.load();
+        *self.loaded.lock() = stamps;
+        *self.current.write() = Arc::new(config?);
+        Ok(true)
+    }
+
+    /// The configuration for a new connection, after a reload if the files changed.
+    pub fn config(&self) -> Arc<rustls::ClientConfig> {
+        if let Err(error) = self.reload_if_changed() {
+            warn!(%error, "new client TLS files refused; the previous certificate keeps being used");
+        }
+        self.current.read().clone()
+    }
+}
+
+/// Opens TCP + TLS connections for a tonic channel with the client configuration current at each connect.
+#[derive(Clone, Debug)]
+pub struct Connector(pub Arc<ClientTls>);
+
+impl tower::Service<http::Uri> for Connector {
+    type Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let tls = self.0.clone();
+        Box::pin(async move {
+            let invalid =
+                |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, why.to_string());
+            let host = uri
+                .host()
+                .ok_or_else(|| invalid("no host in the address"))?;
+            let host = host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string();
+            let port = uri.port_u16().unwrap_or(443);
+            let name = rustls::pki_types::ServerName::try_from(host.clone())
+                .map_err(|_| invalid("not a host name or address"))?;
+            let tcp = TcpStream::connect((host.as_str(), port)).await?;
+            tcp.set_nodelay(true)?;
+            let stream = tokio_rustls::TlsConnector::from(tls.config())
+                .connect(name, tcp)
+                .await?;
+            Ok(hyper_util::rt::TokioIo::new(stream))
+        })
     }
 }
 
