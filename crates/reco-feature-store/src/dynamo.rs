@@ -408,13 +408,12 @@ impl DynamoFeatureStore {
     async fn batch_get_chunk(
         &self,
         table: &str,
-        mut keys: Vec<Row>,
+        keys: Vec<Row>,
         projection: Option<&str>,
     ) -> Result<Vec<Row>> {
-        let mut rows = Vec::with_capacity(keys.len());
-        for attempt in 0..UNPROCESSED_ATTEMPTS {
+        until_processed(table, "keys", keys, |keys| async move {
             let request = KeysAndAttributes::builder()
-                .set_keys(Some(std::mem::take(&mut keys)))
+                .set_keys(Some(keys))
                 .consistent_read(self.config.consistent_reads)
                 .set_projection_expression(projection.map(str::to_string))
                 .build()
@@ -428,28 +427,18 @@ impl DynamoFeatureStore {
                 .await
                 .map_err(backend)?;
             self.capacity.record(false, out.consumed_capacity());
-            if let Some(mut responses) = out.responses {
-                rows.extend(responses.remove(table).unwrap_or_default());
-            }
-            keys = out
+            let rows = out
+                .responses
+                .and_then(|mut r| r.remove(table))
+                .unwrap_or_default();
+            let unprocessed = out
                 .unprocessed_keys
                 .and_then(|mut u| u.remove(table))
                 .map(|k| k.keys)
                 .unwrap_or_default();
-            if keys.is_empty() {
-                return Ok(rows);
-            }
-            tokio::time::sleep(reco_aws::backoff(
-                attempt,
-                Duration::from_millis(25),
-                Duration::from_secs(1),
-            ))
-            .await;
-        }
-        Err(FeatureStoreError::Backend(format!(
-            "{} keys of {table} still unprocessed after {UNPROCESSED_ATTEMPTS} attempts (throttled)",
-            keys.len()
-        )))
+            Ok((rows, unprocessed))
+        })
+        .await
     }
 
     /// BatchWriteItem puts: 25 rows a call, calls in parallel, unprocessed rows retried with backoff.
@@ -474,35 +463,25 @@ impl DynamoFeatureStore {
         Ok(())
     }
 
-    async fn batch_put_chunk(&self, table: &str, mut writes: Vec<WriteRequest>) -> Result<()> {
-        for attempt in 0..UNPROCESSED_ATTEMPTS {
+    async fn batch_put_chunk(&self, table: &str, writes: Vec<WriteRequest>) -> Result<()> {
+        until_processed(table, "rows", writes, |writes| async move {
             let out = self
                 .client
                 .batch_write_item()
-                .request_items(table, std::mem::take(&mut writes))
+                .request_items(table, writes)
                 .return_consumed_capacity(ReturnConsumedCapacity::Total)
                 .send()
                 .await
                 .map_err(backend)?;
             self.capacity.record(true, out.consumed_capacity());
-            writes = out
+            let unprocessed = out
                 .unprocessed_items
                 .and_then(|mut u| u.remove(table))
                 .unwrap_or_default();
-            if writes.is_empty() {
-                return Ok(());
-            }
-            tokio::time::sleep(reco_aws::backoff(
-                attempt,
-                Duration::from_millis(25),
-                Duration::from_secs(1),
-            ))
-            .await;
-        }
-        Err(FeatureStoreError::Backend(format!(
-            "{} rows of {table} still unprocessed after {UNPROCESSED_ATTEMPTS} attempts (throttled)",
-            writes.len()
-        )))
+            Ok((Vec::<()>::new(), unprocessed))
+        })
+        .await
+        .map(drop)
     }
 
     /// Sets the given features (and the embedding, when given) of one user, creating the row if needed.
@@ -583,6 +562,40 @@ impl DynamoFeatureStore {
             Err(e) => Err(backend(e)),
         }
     }
+}
+
+/// Sends `pending` with `send` until DynamoDB has processed all of it: `send` answers what it got and what the
+/// table left unprocessed (throttling), which is sent again after a jittered backoff, at most
+/// [`UNPROCESSED_ATTEMPTS`] times in all.
+async fn until_processed<T, R, F, Fut>(
+    table: &str,
+    what: &str,
+    mut pending: Vec<T>,
+    mut send: F,
+) -> Result<Vec<R>>
+where
+    F: FnMut(Vec<T>) -> Fut,
+    Fut: std::future::Future<Output = Result<(Vec<R>, Vec<T>)>>,
+{
+    let mut got = Vec::new();
+    for attempt in 0..UNPROCESSED_ATTEMPTS {
+        let (answered, left) = send(std::mem::take(&mut pending)).await?;
+        got.extend(answered);
+        pending = left;
+        if pending.is_empty() {
+            return Ok(got);
+        }
+        tokio::time::sleep(reco_aws::backoff(
+            attempt,
+            Duration::from_millis(25),
+            Duration::from_secs(1),
+        ))
+        .await;
+    }
+    Err(FeatureStoreError::Backend(format!(
+        "{} {what} of {table} still unprocessed after {UNPROCESSED_ATTEMPTS} attempts (throttled)",
+        pending.len()
+    )))
 }
 
 fn attr_def(name: &str) -> AttributeDefinition {
@@ -1092,6 +1105,34 @@ impl FeatureStore for DynamoFeatureStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn unprocessed_keys_are_sent_again_until_done_or_given_up() {
+        // The table processes two keys a call and leaves the rest, as a throttled table does.
+        let mut calls = 0;
+        let got = until_processed("t", "keys", (0..5).collect(), |pending: Vec<i32>| {
+            calls += 1;
+            async move {
+                let (done, left) = pending.split_at(pending.len().min(2));
+                Ok((done.to_vec(), left.to_vec()))
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(got, [0, 1, 2, 3, 4]);
+        assert_eq!(calls, 3);
+
+        let err = until_processed("t", "keys", vec![1], |pending: Vec<i32>| async move {
+            Ok((Vec::<i32>::new(), pending))
+        })
+        .await
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("1 keys of t still unprocessed after 8 attempts"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn feature_values_keep_their_type_through_attribute_values() {
