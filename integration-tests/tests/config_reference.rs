@@ -11,6 +11,7 @@ const PROCESS_WIDE: &str = "\
 |---|---|---|
 | `RECO_AUTH_TOKEN_FILE` | - | file holding the token this process sends to other reco services (`authorization: Bearer`) |
 | `RECO_AUTH_TOKEN` | - | the token itself, when no file is given |
+| `RECO_TLS_CA`, `RECO_TLS_CERT`, `RECO_TLS_KEY` | - | a `reco` command calls services over TLS trusting that CA, presenting that certificate (the services take the same variables as their `--tls-*` flags) |
 | `OTEL_EXPORTER_OTLP_ENDPOINT` | - | export traces and metrics over OTLP there (with the other standard `OTEL_*` variables) |
 | `AWS_*` | - | the AWS SDK's own chain for credentials and region (`AWS_PROFILE`, `AWS_REGION`, web identity, ...) |
 ";

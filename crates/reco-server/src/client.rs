@@ -54,8 +54,32 @@ pub const CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
 
 /// A lazily connected channel to `addr` (`host:port` or a full `http://` URI). It connects on first use and
 /// reconnects by itself, so a downstream that starts later or restarts is picked up without restarting the caller.
+///
+/// Over TLS when the process has `RECO_TLS_CA` set (with `RECO_TLS_CERT` and `RECO_TLS_KEY`, presenting that
+/// certificate), so the `reco` commands reach services that only speak TLS.
 pub fn channel(addr: &str) -> Result<TracedChannel, tonic::transport::Error> {
-    channel_tls(addr, None)
+    channel_tls(addr, env_tls())
+}
+
+/// The client TLS of `RECO_TLS_CA` / `RECO_TLS_CERT` / `RECO_TLS_KEY`, read once; files that do not load are
+/// logged and leave the process on plain connections (which a TLS server then refuses).
+fn env_tls() -> Option<&'static std::sync::Arc<crate::tls::ClientTls>> {
+    static TLS: std::sync::OnceLock<Option<std::sync::Arc<crate::tls::ClientTls>>> =
+        std::sync::OnceLock::new();
+    TLS.get_or_init(|| {
+        let path = |v: &str| std::env::var_os(v).map(std::path::PathBuf::from);
+        let args = crate::tls::TlsArgs {
+            tls_ca: path("RECO_TLS_CA"),
+            tls_cert: path("RECO_TLS_CERT"),
+            tls_key: path("RECO_TLS_KEY"),
+            ..Default::default()
+        };
+        args.client().unwrap_or_else(|error| {
+            tracing::error!(%error, "client TLS from RECO_TLS_CA/RECO_TLS_CERT/RECO_TLS_KEY refused");
+            None
+        })
+    })
+    .as_ref()
 }
 
 /// [`channel`] over TLS when `tls` is given (`https`, the configured CA, the service's own certificate for mutual
