@@ -96,17 +96,23 @@ struct Caller {
 }
 
 impl Caller {
+    /// A request carrying the run's deadline.
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(message);
+        r.set_timeout(self.timeout);
+        r
+    }
+
     /// Sends call number `n`; Ok carries the stage reports (gateway) and whether the answer was degraded.
     async fn call(&self, n: u64) -> Result<(Vec<(String, u64)>, bool), tonic::Status> {
         let user = self.users[(n as usize) % self.users.len().max(1)].clone();
         match self.target {
             Target::Recommend => {
-                let mut r = tonic::Request::new(RecommendRequest {
+                let r = self.request(RecommendRequest {
                     user_id: user,
                     bypass_cache: true,
                     ..Default::default()
                 });
-                r.set_timeout(self.timeout);
                 let a = GatewayClient::new(self.channel.clone())
                     .recommend(r)
                     .await?
@@ -120,11 +126,10 @@ impl Caller {
                 ))
             }
             Target::UserContext => {
-                let mut r = tonic::Request::new(GetUserContextRequest {
+                let r = self.request(GetUserContextRequest {
                     user_id: user,
                     ..Default::default()
                 });
-                r.set_timeout(self.timeout);
                 FeatureServiceClient::new(self.channel.clone())
                     .get_user_context(r)
                     .await?;
@@ -135,47 +140,43 @@ impl Caller {
                 let ids = (0..200)
                     .map(|k| self.items[(start + k) % self.items.len()].clone())
                     .collect();
-                let mut r = tonic::Request::new(BatchGetItemFeaturesRequest {
+                let r = self.request(BatchGetItemFeaturesRequest {
                     item_ids: ids,
                     include_embeddings: true,
                     ..Default::default()
                 });
-                r.set_timeout(self.timeout);
                 FeatureServiceClient::new(self.channel.clone())
                     .batch_get_item_features(r)
                     .await?;
                 Ok((Vec::new(), false))
             }
             Target::CacheGet => {
-                let mut r = tonic::Request::new(GetRecommendationsRequest {
+                let r = self.request(GetRecommendationsRequest {
                     user_id: user,
                     ..Default::default()
                 });
-                r.set_timeout(self.timeout);
                 CacheServiceClient::new(self.channel.clone())
                     .get_recommendations(r)
                     .await?;
                 Ok((Vec::new(), false))
             }
             Target::VectorSearch => {
-                let mut r = tonic::Request::new(SearchRequest {
+                let r = self.request(SearchRequest {
                     query: Some(search_request::Query::UserId(user)),
                     k: 100,
                     ..Default::default()
                 });
-                r.set_timeout(self.timeout);
                 VectorRecallClient::new(self.channel.clone())
                     .search(r)
                     .await?;
                 Ok((Vec::new(), false))
             }
             Target::GraphRecall => {
-                let mut r = tonic::Request::new(RecallRequest {
+                let r = self.request(RecallRequest {
                     user_id: user,
                     k: 100,
                     ..Default::default()
                 });
-                r.set_timeout(self.timeout);
                 GraphRecallClient::new(self.channel.clone())
                     .recall(r)
                     .await?;
@@ -194,12 +195,11 @@ impl Caller {
                         ..Default::default()
                     })
                     .collect();
-                let mut r = tonic::Request::new(RankRequest {
+                let r = self.request(RankRequest {
                     user_id: user,
                     candidates,
                     ..Default::default()
                 });
-                r.set_timeout(self.timeout);
                 RankingClient::new(self.channel.clone()).rank(r).await?;
                 Ok((Vec::new(), false))
             }

@@ -248,7 +248,7 @@ impl GrpcServer {
         let stopped = async {
             let _ = stop_rx.await;
         };
-        let (server, acceptor) = match self.args.tls.files() {
+        let (server, acceptor) = match self.args.tls.server()? {
             None => {
                 // Nagle's algorithm would hold back the tail of multi-segment responses until the peer's
                 // delayed ACK.
@@ -260,8 +260,8 @@ impl GrpcServer {
                     None,
                 )
             }
-            Some(files) => {
-                let tls = std::sync::Arc::new(crate::tls::Reloading::open(files)?);
+            Some(tls) => {
+                let tls = std::sync::Arc::new(tls);
                 let every = Duration::from_millis(self.args.tls.tls_reload_ms);
                 let (incoming, acceptor) = crate::tls::incoming(listener, tls, every, name);
                 (

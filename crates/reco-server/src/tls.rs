@@ -68,124 +68,176 @@ fn err(what: &str, path: &Path, e: impl std::fmt::Display) -> TlsError {
     TlsError(format!("{what} {}: {e}", path.display()))
 }
 
-/// The files a server's TLS is built from.
-#[derive(Clone, Debug)]
-pub struct TlsFiles {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    pub client_ca: Option<PathBuf>,
+/// A configuration built from files and rebuilt when any of them changes. A set that does not build is refused
+/// (reported once per change) and the previous configuration stays in use.
+struct Watched<T> {
+    paths: Vec<PathBuf>,
+    build: Box<dyn Fn() -> Result<T, TlsError> + Send + Sync>,
+    current: RwLock<Arc<T>>,
+    loaded: parking_lot::Mutex<Vec<Option<SystemTime>>>,
 }
 
-impl TlsArgs {
-    /// The files, when TLS is on.
-    pub fn files(&self) -> Option<TlsFiles> {
-        Some(TlsFiles {
-            cert: self.tls_cert.clone()?,
-            key: self.tls_key.clone()?,
-            client_ca: self.tls_client_ca.clone(),
+impl<T> Watched<T> {
+    /// Builds the first configuration; an error here stops the caller from starting.
+    fn open(
+        paths: Vec<PathBuf>,
+        build: impl Fn() -> Result<T, TlsError> + Send + Sync + 'static,
+    ) -> Result<Self, TlsError> {
+        let loaded = stamps(&paths);
+        let first = build()?;
+        Ok(Self {
+            paths,
+            build: Box::new(build),
+            current: RwLock::new(Arc::new(first)),
+            loaded: parking_lot::Mutex::new(loaded),
         })
+    }
+
+    fn current(&self) -> Arc<T> {
+        self.current.read().clone()
+    }
+
+    /// Rebuilds when any file changed; Ok(true) when a new configuration is in use.
+    fn reload_if_changed(&self) -> Result<bool, TlsError> {
+        let now = stamps(&self.paths);
+        if *self.loaded.lock() == now {
+            return Ok(false);
+        }
+        let built = (self.build)();
+        // Whatever the outcome, this version of the files has been seen: a bad file is reported once.
+        *self.loaded.lock() = now;
+        *self.current.write() = Arc::new(built?);
+        Ok(true)
+    }
+}
+
+fn stamps(paths: &[PathBuf]) -> Vec<Option<SystemTime>> {
+    paths
+        .iter()
+        .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .collect()
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| err("cannot read certificates", path, e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| err("cannot parse certificates", path, e))?;
+    if certs.is_empty() {
+        return Err(err("no certificate in", path, "empty"));
+    }
+    Ok(certs)
+}
+
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| err("cannot read the private key", path, e))
+}
+
+fn read_roots(path: &Path) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for c in read_certs(path)? {
+        roots.add(c).map_err(|e| err("unusable CA", path, e))?;
+    }
+    Ok(roots)
+}
+
+/// The serving TLS configuration (`--tls-cert`, `--tls-key`, `--tls-client-ca`), speaking HTTP/2, swapped when
+/// the files change.
+pub struct Reloading(Watched<ServerConfig>);
+
+impl TlsArgs {
+    /// The server side, when `--tls-cert` and `--tls-key` are set.
+    pub fn server(&self) -> Result<Option<Reloading>, TlsError> {
+        let (Some(cert), Some(key)) = (self.tls_cert.clone(), self.tls_key.clone()) else {
+            return Ok(None);
+        };
+        let client_ca = self.tls_client_ca.clone();
+        let paths = [Some(cert.clone()), Some(key.clone()), client_ca.clone()]
+            .into_iter()
+            .flatten()
+            .collect();
+        let build = move || {
+            let provider = Arc::new(ring::default_provider());
+            let builder = ServerConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .map_err(|e| TlsError(e.to_string()))?;
+            let builder = match &client_ca {
+                None => builder.with_no_client_auth(),
+                Some(ca) => {
+                    let verifier = WebPkiClientVerifier::builder_with_provider(
+                        Arc::new(read_roots(ca)?),
+                        provider,
+                    )
+                    .build()
+                    .map_err(|e| err("unusable client CA", ca, e))?;
+                    builder.with_client_cert_verifier(verifier)
+                }
+            };
+            let mut config = builder
+                .with_single_cert(read_certs(&cert)?, read_key(&key)?)
+                .map_err(|e| err("the key does not fit the certificate", &key, e))?;
+            config.alpn_protocols = vec![b"h2".to_vec()];
+            Ok(config)
+        };
+        Watched::open(paths, build).map(|w| Some(Reloading(w)))
+    }
+
+    /// The client side, when `--tls-ca` is set: the CA to trust and, with a certificate, the identity to present.
+    pub fn client(&self) -> Result<Option<Arc<ClientTls>>, TlsError> {
+        let Some(ca) = self.tls_ca.clone() else {
+            return Ok(None);
+        };
+        let identity = self.tls_cert.clone().zip(self.tls_key.clone());
+        let mut paths = vec![ca.clone()];
+        paths.extend(identity.iter().flat_map(|(c, k)| [c.clone(), k.clone()]));
+        let build = move || {
+            let builder =
+                rustls::ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
+                    .with_safe_default_protocol_versions()
+                    .map_err(|e| TlsError(e.to_string()))?
+                    .with_root_certificates(read_roots(&ca)?);
+            let mut config = match &identity {
+                None => builder.with_no_client_auth(),
+                Some((cert, key)) => builder
+                    .with_client_auth_cert(read_certs(cert)?, read_key(key)?)
+                    .map_err(|e| err("the key does not fit the certificate", cert, e))?,
+            };
+            config.alpn_protocols = vec![b"h2".to_vec()];
+            Ok(config)
+        };
+        Watched::open(paths, build).map(|w| Some(Arc::new(ClientTls(w))))
+    }
+}
+
+impl Reloading {
+    /// The configuration new connections use.
+    pub fn current(&self) -> Arc<ServerConfig> {
+        self.0.current()
+    }
+
+    /// Reloads when any file changed; Ok(true) when a new configuration serves.
+    pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
+        self.0.reload_if_changed()
     }
 }
 
 /// How this process calls other reco services over TLS: the CA it trusts and the certificate it presents, both
 /// re-read when their files change (checked as each new connection opens; connections are long-lived).
-pub struct ClientTls {
-    ca: PathBuf,
-    identity: Option<(PathBuf, PathBuf)>,
-    current: RwLock<Arc<rustls::ClientConfig>>,
-    loaded: parking_lot::Mutex<Vec<Option<SystemTime>>>,
-}
+pub struct ClientTls(Watched<rustls::ClientConfig>);
 
 impl std::fmt::Debug for ClientTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClientTls")
-            .field("ca", &self.ca)
-            .field("identity", &self.identity.as_ref().map(|(c, _)| c))
-            .finish()
+        f.debug_tuple("ClientTls").field(&self.0.paths).finish()
     }
-}
-
-impl TlsArgs {
-    /// The client side, when `--tls-ca` is set: the CA to trust and, with a certificate, the identity to present.
-    pub fn client(&self) -> Result<Option<Arc<ClientTls>>, TlsError> {
-        let Some(ca) = &self.tls_ca else {
-            return Ok(None);
-        };
-        let identity = self.tls_cert.clone().zip(self.tls_key.clone());
-        let tls = ClientTls {
-            ca: ca.clone(),
-            identity,
-            current: RwLock::new(Arc::new(
-                rustls::ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
-                    .with_safe_default_protocol_versions()
-                    .map_err(|e| TlsError(e.to_string()))?
-                    .with_root_certificates(RootCertStore::empty())
-                    .with_no_client_auth(),
-            )),
-            loaded: parking_lot::Mutex::new(Vec::new()),
-        };
-        tls.reload_if_changed()?;
-        Ok(Some(Arc::new(tls)))
-    }
-}
-
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    CertificateDer::pem_file_iter(path)
-        .map_err(|e| err("cannot read certificates", path, e))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| err("cannot parse certificates", path, e))
 }
 
 impl ClientTls {
-    fn stamps(&self) -> Vec<Option<SystemTime>> {
-        std::iter::once(&self.ca)
-            .chain(self.identity.iter().flat_map(|(c, k)| [c, k]))
-            .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
-            .collect()
-    }
-
-    fn load(&self) -> Result<rustls::ClientConfig, TlsError> {
-        let mut roots = RootCertStore::empty();
-        for c in read_certs(&self.ca)? {
-            roots.add(c).map_err(|e| err("unusable CA", &self.ca, e))?;
-        }
-        let builder =
-            rustls::ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .map_err(|e| TlsError(e.to_string()))?
-                .with_root_certificates(roots);
-        let mut config = match &self.identity {
-            None => builder.with_no_client_auth(),
-            Some((cert, key)) => {
-                let key = PrivateKeyDer::from_pem_file(key)
-                    .map_err(|e| err("cannot read the private key", key, e))?;
-                builder
-                    .with_client_auth_cert(read_certs(cert)?, key)
-                    .map_err(|e| err("the key does not fit the certificate", cert, e))?
-            }
-        };
-        config.alpn_protocols = vec![b"h2".to_vec()];
-        Ok(config)
-    }
-
-    /// Re-reads the files when they changed; a set that does not load is an error and the previous one stays.
-    pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
-        let stamps = self.stamps();
-        if *self.loaded.lock() == stamps {
-            return Ok(false);
-        }
-        let config = self.load();
-        *self.loaded.lock() = stamps;
-        *self.current.write() = Arc::new(config?);
-        Ok(true)
-    }
-
     /// The configuration for a new connection, after a reload if the files changed.
     pub fn config(&self) -> Arc<rustls::ClientConfig> {
-        if let Err(error) = self.reload_if_changed() {
+        if let Err(error) = self.0.reload_if_changed() {
             warn!(%error, "new client TLS files refused; the previous certificate keeps being used");
         }
-        self.current.read().clone()
+        self.0.current()
     }
 }
 
@@ -229,93 +281,6 @@ impl tower::Service<http::Uri> for Connector {
                 .await?;
             Ok(hyper_util::rt::TokioIo::new(stream))
         })
-    }
-}
-
-impl TlsFiles {
-    /// Reads the files into a rustls configuration speaking HTTP/2.
-    pub fn load(&self) -> Result<ServerConfig, TlsError> {
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&self.cert)
-            .map_err(|e| err("cannot read certificates", &self.cert, e))?
-            .collect::<Result<_, _>>()
-            .map_err(|e| err("cannot parse certificates", &self.cert, e))?;
-        if certs.is_empty() {
-            return Err(err("no certificate in", &self.cert, "empty"));
-        }
-        let key = PrivateKeyDer::from_pem_file(&self.key)
-            .map_err(|e| err("cannot read the private key", &self.key, e))?;
-        let provider = Arc::new(ring::default_provider());
-        let builder = ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| TlsError(e.to_string()))?;
-        let builder = match &self.client_ca {
-            None => builder.with_no_client_auth(),
-            Some(ca) => {
-                let mut roots = RootCertStore::empty();
-                for c in CertificateDer::pem_file_iter(ca)
-                    .map_err(|e| err("cannot read the client CA", ca, e))?
-                {
-                    let c = c.map_err(|e| err("cannot parse the client CA", ca, e))?;
-                    roots.add(c).map_err(|e| err("unusable client CA", ca, e))?;
-                }
-                let verifier =
-                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                        .build()
-                        .map_err(|e| err("unusable client CA", ca, e))?;
-                builder.with_client_cert_verifier(verifier)
-            }
-        };
-        let mut config = builder
-            .with_single_cert(certs, key)
-            .map_err(|e| err("the key does not fit the certificate", &self.key, e))?;
-        config.alpn_protocols = vec![b"h2".to_vec()];
-        Ok(config)
-    }
-
-    fn stamps(&self) -> Vec<Option<SystemTime>> {
-        [Some(&self.cert), Some(&self.key), self.client_ca.as_ref()]
-            .into_iter()
-            .flatten()
-            .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
-            .collect()
-    }
-}
-
-/// The serving TLS configuration, swapped when the files change.
-pub struct Reloading {
-    files: TlsFiles,
-    current: RwLock<Arc<ServerConfig>>,
-    loaded: parking_lot::Mutex<Vec<Option<SystemTime>>>,
-}
-
-impl Reloading {
-    /// Loads the files; an error here stops the server from starting.
-    pub fn open(files: TlsFiles) -> Result<Self, TlsError> {
-        let stamps = files.stamps();
-        let config = files.load()?;
-        Ok(Self {
-            files,
-            current: RwLock::new(Arc::new(config)),
-            loaded: parking_lot::Mutex::new(stamps),
-        })
-    }
-
-    /// The configuration new connections use.
-    pub fn current(&self) -> Arc<ServerConfig> {
-        self.current.read().clone()
-    }
-
-    /// Reloads when any file changed; Ok(true) when a new configuration serves.
-    pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
-        let stamps = self.files.stamps();
-        if *self.loaded.lock() == stamps {
-            return Ok(false);
-        }
-        let config = self.files.load();
-        // Whatever the outcome, this version of the files has been seen: a bad file is reported once.
-        *self.loaded.lock() = stamps;
-        *self.current.write() = Arc::new(config?);
-        Ok(true)
     }
 }
 
