@@ -1,118 +1,123 @@
-//! The embedded graph: interned node ids and adjacency lists, updated in place (no rebuild for real-time edges).
+//! The embedded graph: interned node ids and one [`Csr`] per edge kind and direction, built in one sort from a
+//! bulk load and changed in place by real-time edges (no rebuild before they are visible).
 
 use std::{
-    collections::HashMap,
-    hash::{Hash, Hasher},
+    cmp::Ordering,
+    hash::{BuildHasher, Hash},
     time::Instant,
 };
 
 use async_trait::async_trait;
+use indexmap::IndexSet;
 use parking_lot::RwLock;
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 use reco_types::{ItemId, Name, UserId};
 
 use crate::{
-    Edge, GraphCandidate, GraphStats, GraphStore, RecallQuery, RecallResult, Result, Strategy,
-    TargetKind,
+    Edge, FOF_POOL, GraphCandidate, GraphStats, GraphStore, PEERS, RecallQuery, RecallResult,
+    Result, Strategy, TargetKind, csr::Csr, merge_strategies, reasons,
 };
 
-/// Neighbours looked at per node when expanding, so one celebrity cannot make a request slow.
-const FANOUT_CAP: usize = 500;
+/// Neighbours expanded per node by default (the heaviest), so one celebrity cannot make a request slow.
+pub const DEFAULT_FANOUT: usize = 1000;
 /// Most seed items a walk starts from (the user's heaviest engagements).
 const MAX_SEEDS: usize = 20;
 /// Restart probability per hop.
 const RESTART: f64 = 0.5;
-/// A walk stops early once k items were each visited this many times.
+/// A walk stops early once 2k items were each visited this many times.
 const EARLY_STOP_VISITS: u32 = 4;
 
-struct Interner<K> {
-    ids: HashMap<K, u32>,
-    names: Vec<K>,
-}
+/// Ids interned once: the set's index is the node id.
+struct Interner<K>(IndexSet<K, foldhash::fast::RandomState>);
 
-impl<K: Hash + Eq + Clone> Interner<K> {
-    fn new() -> Self {
-        Self {
-            ids: HashMap::new(),
-            names: Vec::new(),
-        }
-    }
-
+impl<K: Hash + Eq + Clone + AsRef<str>> Interner<K> {
     fn intern(&mut self, k: &K) -> u32 {
-        if let Some(&i) = self.ids.get(k) {
-            return i;
+        match self.0.get_index_of(k) {
+            Some(i) => i as u32,
+            None => self.0.insert_full(k.clone()).0 as u32,
         }
-        let i = self.names.len() as u32;
-        self.ids.insert(k.clone(), i);
-        self.names.push(k.clone());
-        i
     }
 
     fn get(&self, k: &K) -> Option<u32> {
-        self.ids.get(k).copied()
+        self.0.get_index_of(k).map(|i| i as u32)
+    }
+
+    fn name(&self, i: u32) -> &str {
+        self.0[i as usize].as_ref()
+    }
+
+    /// Orders two node ids by name: the tie-break every backend shares.
+    fn by_name(&self, a: u32, b: u32) -> Ordering {
+        self.name(a).cmp(self.name(b))
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn bytes(&self) -> usize {
+        // Entry (hash + Arc pointer), index slot, and the shared string with its two counters.
+        self.0
+            .iter()
+            .map(|k| 8 + 16 + 8 + 16 + k.as_ref().len())
+            .sum()
     }
 }
 
-fn grow<T: Default>(v: &mut Vec<T>, i: u32) -> &mut T {
-    let i = i as usize;
-    if v.len() <= i {
-        v.resize_with(i + 1, T::default);
-    }
-    &mut v[i]
-}
-
-/// Inserts or re-weights `(to, w)` in a list; true when it was new.
-fn upsert(list: &mut Vec<(u32, f32)>, to: u32, w: f32) -> bool {
-    match list.iter_mut().find(|(n, _)| *n == to) {
-        Some(e) => {
-            e.1 = w;
-            false
-        }
-        None => {
-            list.push((to, w));
-            true
-        }
+impl<K> Default for Interner<K> {
+    fn default() -> Self {
+        Self(IndexSet::default())
     }
 }
 
-fn remove(list: &mut Vec<(u32, f32)>, to: u32) -> bool {
-    let before = list.len();
-    list.retain(|(n, _)| *n != to);
-    list.len() != before
-}
-
+#[derive(Default)]
 struct Graph {
     users: Interner<UserId>,
     items: Interner<ItemId>,
     tags: Interner<Name>,
-    follows: Vec<Vec<(u32, f32)>>,
-    engaged: Vec<Vec<(u32, f32)>>,
-    engaged_by: Vec<Vec<(u32, f32)>>,
-    created: Vec<Vec<(u32, f32)>>,
-    tags_of: Vec<Vec<(u32, f32)>>,
-    edges: u64,
+    follows: Csr,
+    engaged: Csr,
+    engaged_by: Csr,
+    created: Csr,
+    tags_of: Csr,
 }
 
-/// An in-memory adjacency-list graph behind one read-write lock.
+/// An in-memory CSR graph behind one read-write lock.
 pub struct AdjacencyGraph {
     graph: RwLock<Graph>,
+    fanout: usize,
 }
 
 impl Default for AdjacencyGraph {
     fn default() -> Self {
-        Self {
-            graph: RwLock::new(Graph {
-                users: Interner::new(),
-                items: Interner::new(),
-                tags: Interner::new(),
-                follows: Vec::new(),
-                engaged: Vec::new(),
-                engaged_by: Vec::new(),
-                created: Vec::new(),
-                tags_of: Vec::new(),
-                edges: 0,
-            }),
+        Self::with_fanout(DEFAULT_FANOUT)
+    }
+}
+
+/// Scores per node, with how many contributions each had.
+#[derive(Default)]
+struct Tally(foldhash::HashMap<u32, (f32, u32)>);
+
+impl Tally {
+    fn add(&mut self, id: u32, s: f32) {
+        let e = self.0.entry(id).or_default();
+        e.0 += s;
+        e.1 += 1;
+    }
+
+    /// The top `k` as (id, score, hits): highest score first, ties by name.
+    fn top(self, k: usize, by_name: impl Fn(u32, u32) -> Ordering) -> Vec<(u32, f32, u32)> {
+        let mut v: Vec<_> = self.0.into_iter().map(|(id, (s, n))| (id, s, n)).collect();
+        let order = |a: &(u32, f32, u32), b: &(u32, f32, u32)| {
+            b.1.total_cmp(&a.1).then_with(|| by_name(a.0, b.0))
+        };
+        if v.len() > k && k > 0 {
+            v.select_nth_unstable_by(k - 1, order);
+            v.truncate(k);
         }
+        v.sort_by(order);
+        v.truncate(k);
+        v
     }
 }
 
@@ -120,163 +125,209 @@ impl AdjacencyGraph {
     pub fn new() -> Self {
         Self::default()
     }
-}
 
-/// Accumulates scores per target and keeps the best reason.
-#[derive(Default)]
-struct Tally {
-    score: HashMap<u32, f32>,
-    hits: HashMap<u32, u32>,
-}
-
-impl Tally {
-    fn add(&mut self, id: u32, s: f32) {
-        *self.score.entry(id).or_default() += s;
-        *self.hits.entry(id).or_default() += 1;
+    /// A graph that expands at most `fanout` neighbours (the heaviest) per node.
+    pub fn with_fanout(fanout: usize) -> Self {
+        Self {
+            graph: RwLock::new(Graph::default()),
+            fanout: fanout.max(1),
+        }
     }
 
-    /// The top `k`, highest score first, ties by id for determinism.
-    fn top(self, k: usize) -> Vec<(u32, f32, u32)> {
-        let mut v: Vec<_> = self
-            .score
-            .into_iter()
-            .map(|(id, s)| (id, s, self.hits[&id]))
-            .collect();
-        v.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        v.truncate(k);
-        v
+    /// Builds a graph from a snapshot in one pass: ids interned, then one sort per edge kind and direction.
+    pub fn from_edges(edges: impl IntoIterator<Item = Edge>) -> Self {
+        let this = Self::new();
+        {
+            let mut g = this.graph.write();
+            let mut lists: [Vec<(u32, u32, f32)>; 5] = Default::default();
+            for e in edges {
+                match e {
+                    Edge::Follows { user, followee } => {
+                        let (a, b) = (g.users.intern(&user), g.users.intern(&followee));
+                        lists[0].push((a, b, 1.0));
+                    }
+                    Edge::Engaged { user, item, weight } => {
+                        let (a, b) = (g.users.intern(&user), g.items.intern(&item));
+                        lists[1].push((a, b, weight));
+                        lists[2].push((b, a, weight));
+                    }
+                    Edge::Created { user, item } => {
+                        let (a, b) = (g.users.intern(&user), g.items.intern(&item));
+                        lists[3].push((a, b, 1.0));
+                    }
+                    Edge::HasTag { item, tag } => {
+                        let (a, b) = (g.items.intern(&item), g.tags.intern(&tag));
+                        lists[4].push((a, b, 1.0));
+                    }
+                }
+            }
+            let [follows, engaged, engaged_by, created, tags_of] = lists;
+            g.follows = Csr::from_edges(follows);
+            g.engaged = Csr::from_edges(engaged);
+            g.engaged_by = Csr::from_edges(engaged_by);
+            g.created = Csr::from_edges(created);
+            g.tags_of = Csr::from_edges(tags_of);
+        }
+        this
+    }
+
+    /// Bytes the graph holds: adjacency arrays, overlays and interned ids.
+    pub fn memory_bytes(&self) -> usize {
+        let g = self.graph.read();
+        g.users.bytes()
+            + g.items.bytes()
+            + g.tags.bytes()
+            + [
+                &g.follows,
+                &g.engaged,
+                &g.engaged_by,
+                &g.created,
+                &g.tags_of,
+            ]
+            .iter()
+            .map(|c| c.bytes())
+            .sum::<usize>()
     }
 }
 
 impl Graph {
-    fn friends(&self, u: u32) -> &[(u32, f32)] {
-        self.follows.get(u as usize).map_or(&[], Vec::as_slice)
+    fn edges(&self) -> usize {
+        self.follows.len() + self.engaged.len() + self.created.len() + self.tags_of.len()
     }
 
-    fn engaged_items(&self, u: u32) -> &[(u32, f32)] {
-        self.engaged.get(u as usize).map_or(&[], Vec::as_slice)
-    }
-
-    fn engagers(&self, i: u32) -> &[(u32, f32)] {
-        self.engaged_by.get(i as usize).map_or(&[], Vec::as_slice)
-    }
-
-    fn friends_of_friends(&self, u: u32, k: usize) -> Vec<GraphCandidate> {
-        let direct = self.friends(u);
+    /// Friends of friends with their mutual-friend counts: every user followed by one the user follows, except the
+    /// user and those it follows already.
+    fn fof_tally(&self, u: u32, fanout: usize) -> Tally {
+        let direct: foldhash::HashSet<u32> = self.follows.iter(u).map(|e| e.0).collect();
         let mut t = Tally::default();
-        for &(f, _) in direct.iter().take(FANOUT_CAP) {
-            for &(g, _) in self.friends(f).iter().take(FANOUT_CAP) {
-                if g != u && !direct.iter().any(|(d, _)| *d == g) {
+        let by = |a, b| self.users.by_name(a, b);
+        self.follows.for_each_capped(u, fanout, by, |f, _| {
+            self.follows.for_each_capped(f, fanout, by, |g, _| {
+                if g != u && !direct.contains(&g) {
                     t.add(g, 1.0);
                 }
-            }
-        }
-        t.top(k)
+            });
+        });
+        t
+    }
+
+    fn friends_of_friends(&self, u: u32, k: usize, fanout: usize) -> Vec<GraphCandidate> {
+        self.fof_tally(u, fanout)
+            .top(k, |a, b| self.users.by_name(a, b))
             .into_iter()
             .map(|(g, s, _)| GraphCandidate {
-                id: self.users.names[g as usize].to_string(),
+                id: self.users.name(g).to_string(),
                 kind: TargetKind::User,
                 score: s,
                 strategy: Strategy::FriendsOfFriends,
-                reason: format!("{s} mutual friends"),
+                reason: reasons::friends_of_friends(s as u64),
             })
             .collect()
     }
 
-    fn item_candidates(
+    /// Items of `users` (each weighted) that the user has not engaged, scored Σ weight·ln(1 + engagement).
+    fn items_of(
         &self,
         u: u32,
-        t: Tally,
+        users: impl IntoIterator<Item = (u32, f32)>,
         k: usize,
+        fanout: usize,
         strategy: Strategy,
-        what: &str,
     ) -> Vec<GraphCandidate> {
-        let seen = self.engaged_items(u);
-        let mut t = t;
-        t.score.retain(|i, _| !seen.iter().any(|(s, _)| s == i));
-        t.top(k)
+        let seen: foldhash::HashSet<u32> = self.engaged.iter(u).map(|e| e.0).collect();
+        let mut t = Tally::default();
+        let by = |a, b| self.items.by_name(a, b);
+        for (v, weight) in users {
+            self.engaged.for_each_capped(v, fanout, by, |i, w| {
+                if !seen.contains(&i) {
+                    t.add(i, weight * w.ln_1p());
+                }
+            });
+        }
+        t.top(k, by)
             .into_iter()
             .map(|(i, s, hits)| GraphCandidate {
-                id: self.items.names[i as usize].to_string(),
+                id: self.items.name(i).to_string(),
                 kind: TargetKind::Item,
                 score: s,
                 strategy,
-                reason: format!("{what} {hits}"),
+                reason: reasons::items(strategy, hits as u64),
             })
             .collect()
     }
 
-    fn friends_items(&self, u: u32, k: usize) -> Vec<GraphCandidate> {
-        let mut t = Tally::default();
-        for &(f, _) in self.friends(u).iter().take(FANOUT_CAP) {
-            for &(i, w) in self.engaged_items(f).iter().take(FANOUT_CAP) {
-                t.add(i, w.ln_1p());
-            }
-        }
-        self.item_candidates(u, t, k, Strategy::FriendsItems, "engaged by friends:")
+    fn friends_items(&self, u: u32, k: usize, fanout: usize) -> Vec<GraphCandidate> {
+        let mut users: Vec<(u32, f32)> = Vec::new();
+        let by = |a, b| self.users.by_name(a, b);
+        self.follows
+            .for_each_capped(u, fanout, by, |f, _| users.push((f, 1.0)));
+        let fof = self.fof_tally(u, fanout).top(FOF_POOL, by);
+        users.extend(fof.into_iter().map(|(g, _, _)| (g, 0.5)));
+        self.items_of(u, users, k, fanout, Strategy::FriendsItems)
     }
 
-    fn shared_interests(&self, u: u32, k: usize) -> Vec<GraphCandidate> {
-        let mine = self.engaged_items(u);
+    fn shared_interests(&self, u: u32, k: usize, fanout: usize) -> Vec<GraphCandidate> {
         let mut peers = Tally::default();
-        for &(i, _) in mine.iter().take(FANOUT_CAP) {
-            for &(v, _) in self.engagers(i).iter().take(FANOUT_CAP) {
+        let by_item = |a, b| self.items.by_name(a, b);
+        let by_user = |a, b| self.users.by_name(a, b);
+        self.engaged.for_each_capped(u, fanout, by_item, |i, _| {
+            self.engaged_by.for_each_capped(i, fanout, by_user, |v, _| {
                 if v != u {
                     peers.add(v, 1.0);
                 }
-            }
-        }
-        let mut t = Tally::default();
-        for (v, overlap, _) in peers.top(FANOUT_CAP) {
-            for &(i, w) in self.engaged_items(v).iter().take(FANOUT_CAP) {
-                t.add(i, overlap * w.ln_1p());
-            }
-        }
-        self.item_candidates(
+            });
+        });
+        let peers = peers.top(PEERS, by_user);
+        self.items_of(
             u,
-            t,
+            peers.into_iter().map(|(v, overlap, _)| (v, overlap)),
             k,
+            fanout,
             Strategy::SharedInterests,
-            "engaged by similar users:",
         )
     }
 
     /// Pixie-style walks: item -> random engager -> random item, restarting at a seed with probability
     /// [`RESTART`] per hop. Visits are boosted across seeds: (Σ_seed √visits)², so items reached from several of
-    /// the user's interests beat items reached often from one.
-    fn random_walk(&self, u: u32, q: &RecallQuery) -> (Vec<GraphCandidate>, bool) {
-        let mut seeds: Vec<(u32, f32)> = self.engaged_items(u).to_vec();
+    /// the user's interests beat items reached often from one. Returns the candidates, whether the time budget cut
+    /// the walk, and the steps taken.
+    fn random_walk(
+        &self,
+        u: u32,
+        q: &RecallQuery,
+        fanout: usize,
+    ) -> (Vec<GraphCandidate>, bool, usize) {
+        let by_item = |a, b| self.items.by_name(a, b);
+        let mut seeds: Vec<(u32, f32)> = Vec::new();
+        self.engaged
+            .for_each_capped(u, fanout, by_item, |i, w| seeds.push((i, w)));
         if seeds.is_empty() {
-            return (Vec::new(), false);
+            return (Vec::new(), false, 0);
         }
-        seeds.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        seeds.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| by_item(a.0, b.0)));
         seeds.truncate(MAX_SEEDS);
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        q.user.hash(&mut hasher);
-        let mut rng = SmallRng::seed_from_u64(hasher.finish());
+        let mut rng = SmallRng::seed_from_u64(
+            foldhash::fast::FixedState::with_seed(7).hash_one(q.user.as_str()),
+        );
 
         let started = Instant::now();
-        let mut per_seed: Vec<HashMap<u32, u32>> = vec![HashMap::new(); seeds.len()];
-        let mut total: HashMap<u32, u32> = HashMap::new();
+        // Visits per (item, seed) and per item: two hash updates per step, no per-seed maps.
+        let mut per_seed: foldhash::HashMap<u64, u32> = foldhash::HashMap::default();
+        let mut total: foldhash::HashMap<u32, u32> = foldhash::HashMap::default();
         let mut hot = 0usize;
         let mut truncated = false;
         let mut steps = 0usize;
         'walks: while steps < q.max_steps {
             let s = rng.random_range(0..seeds.len());
             let mut item = seeds[s].0;
-            loop {
-                let engagers = self.engagers(item);
-                if engagers.is_empty() {
-                    break;
-                }
-                let v = engagers[rng.random_range(0..engagers.len())].0;
-                let items = self.engaged_items(v);
-                if items.is_empty() {
-                    break;
-                }
-                item = items[rng.random_range(0..items.len())].0;
+            while let Some(next) = self
+                .engaged_by
+                .random(item, &mut rng)
+                .and_then(|v| self.engaged.random(v, &mut rng))
+            {
+                item = next;
                 steps += 1;
-                *per_seed[s].entry(item).or_default() += 1;
+                *per_seed.entry((item as u64) << 5 | s as u64).or_default() += 1;
                 let n = total.entry(item).or_default();
                 *n += 1;
                 if *n == EARLY_STOP_VISITS {
@@ -294,24 +345,31 @@ impl Graph {
                 }
             }
         }
-        let mut t = Tally::default();
-        for (item, _) in total {
-            let boosted: f32 = per_seed
-                .iter()
-                .map(|m| (*m.get(&item).unwrap_or(&0) as f32).sqrt())
-                .sum();
-            t.add(item, boosted * boosted);
+        let mut boosted: foldhash::HashMap<u32, (f32, u32)> = foldhash::HashMap::default();
+        for (key, visits) in per_seed {
+            let e = boosted.entry((key >> 5) as u32).or_default();
+            e.0 += (visits as f32).sqrt();
+            e.1 += 1;
         }
-        (
-            self.item_candidates(
-                u,
-                t,
-                q.k,
-                Strategy::RandomWalk,
-                "random-walk visits from seeds:",
-            ),
-            truncated,
-        )
+        let seen: foldhash::HashSet<u32> = self.engaged.iter(u).map(|e| e.0).collect();
+        let mut t = Tally::default();
+        for (item, (root_sum, _)) in boosted {
+            if !seen.contains(&item) {
+                t.0.insert(item, (root_sum * root_sum, total[&item]));
+            }
+        }
+        let found = t
+            .top(q.k, by_item)
+            .into_iter()
+            .map(|(i, s, visits)| GraphCandidate {
+                id: self.items.name(i).to_string(),
+                kind: TargetKind::Item,
+                score: s,
+                strategy: Strategy::RandomWalk,
+                reason: reasons::walk(visits as u64),
+            })
+            .collect();
+        (found, truncated, steps)
     }
 }
 
@@ -324,25 +382,34 @@ impl GraphStore for AdjacencyGraph {
             let new = match e {
                 Edge::Follows { user, followee } => {
                     let (a, b) = (g.users.intern(&user), g.users.intern(&followee));
-                    upsert(grow(&mut g.follows, a), b, 1.0)
+                    g.follows.set(a, b, 1.0)
                 }
                 Edge::Engaged { user, item, weight } => {
                     let (a, b) = (g.users.intern(&user), g.items.intern(&item));
-                    upsert(grow(&mut g.engaged_by, b), a, weight);
-                    upsert(grow(&mut g.engaged, a), b, weight)
+                    g.engaged_by.set(b, a, weight);
+                    g.engaged.set(a, b, weight)
                 }
                 Edge::Created { user, item } => {
                     let (a, b) = (g.users.intern(&user), g.items.intern(&item));
-                    upsert(grow(&mut g.created, a), b, 1.0)
+                    g.created.set(a, b, 1.0)
                 }
                 Edge::HasTag { item, tag } => {
                     let (a, b) = (g.items.intern(&item), g.tags.intern(&tag));
-                    upsert(grow(&mut g.tags_of, a), b, 1.0)
+                    g.tags_of.set(a, b, 1.0)
                 }
             };
-            if new {
-                g.edges += 1;
-                added += 1;
+            added += usize::from(new);
+        }
+        let g = &mut *g;
+        for c in [
+            &mut g.follows,
+            &mut g.engaged,
+            &mut g.engaged_by,
+            &mut g.created,
+            &mut g.tags_of,
+        ] {
+            if c.wants_compaction() {
+                c.compact();
             }
         }
         Ok(added)
@@ -355,32 +422,29 @@ impl GraphStore for AdjacencyGraph {
             let gone = match e {
                 Edge::Follows { user, followee } => {
                     match (g.users.get(&user), g.users.get(&followee)) {
-                        (Some(a), Some(b)) => remove(grow(&mut g.follows, a), b),
+                        (Some(a), Some(b)) => g.follows.remove(a, b),
                         _ => false,
                     }
                 }
                 Edge::Engaged { user, item, .. } => {
                     match (g.users.get(&user), g.items.get(&item)) {
                         (Some(a), Some(b)) => {
-                            remove(grow(&mut g.engaged_by, b), a);
-                            remove(grow(&mut g.engaged, a), b)
+                            g.engaged_by.remove(b, a);
+                            g.engaged.remove(a, b)
                         }
                         _ => false,
                     }
                 }
                 Edge::Created { user, item } => match (g.users.get(&user), g.items.get(&item)) {
-                    (Some(a), Some(b)) => remove(grow(&mut g.created, a), b),
+                    (Some(a), Some(b)) => g.created.remove(a, b),
                     _ => false,
                 },
                 Edge::HasTag { item, tag } => match (g.items.get(&item), g.tags.get(&tag)) {
-                    (Some(a), Some(b)) => remove(grow(&mut g.tags_of, a), b),
+                    (Some(a), Some(b)) => g.tags_of.remove(a, b),
                     _ => false,
                 },
             };
-            if gone {
-                g.edges -= 1;
-                removed += 1;
-            }
+            removed += usize::from(gone);
         }
         Ok(removed)
     }
@@ -390,49 +454,36 @@ impl GraphStore for AdjacencyGraph {
         let Some(u) = g.users.get(&q.user) else {
             return Ok(RecallResult::default());
         };
-        let mut merged: Vec<GraphCandidate> = Vec::new();
+        let mut lists = Vec::with_capacity(q.strategies.len());
         let mut truncated = false;
+        let mut steps = 0;
         for strategy in &q.strategies {
-            let mut found = match strategy {
-                Strategy::FriendsOfFriends => g.friends_of_friends(u, q.k),
-                Strategy::FriendsItems => g.friends_items(u, q.k),
-                Strategy::SharedInterests => g.shared_interests(u, q.k),
+            lists.push(match strategy {
+                Strategy::FriendsOfFriends => g.friends_of_friends(u, q.k, self.fanout),
+                Strategy::FriendsItems => g.friends_items(u, q.k, self.fanout),
+                Strategy::SharedInterests => g.shared_interests(u, q.k, self.fanout),
                 Strategy::RandomWalk => {
-                    let (c, t) = g.random_walk(u, q);
+                    let (c, t, s) = g.random_walk(u, q, self.fanout);
                     truncated |= t;
+                    steps += s;
                     c
                 }
-            };
-            // Scores of different strategies are on different scales: normalise each to (0, 1] before merging.
-            let max = found.iter().map(|c| c.score).fold(0.0f32, f32::max);
-            if max > 0.0 {
-                found.iter_mut().for_each(|c| c.score /= max);
-            }
-            for c in found {
-                match merged.iter_mut().find(|m| m.id == c.id && m.kind == c.kind) {
-                    Some(m) => {
-                        m.score += c.score;
-                        m.reason = format!("{}; {}", m.reason, c.reason);
-                    }
-                    None => merged.push(c),
-                }
-            }
+            });
         }
-        merged.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.id.cmp(&b.id)));
-        merged.truncate(q.k);
         Ok(RecallResult {
-            candidates: merged,
+            candidates: merge_strategies(lists, q.k),
             truncated,
+            steps: steps as u64,
         })
     }
 
     async fn stats(&self) -> Result<GraphStats> {
         let g = self.graph.read();
         Ok(GraphStats {
-            users: g.users.names.len() as u64,
-            items: g.items.names.len() as u64,
-            tags: g.tags.names.len() as u64,
-            edges: g.edges,
+            users: g.users.len() as u64,
+            items: g.items.len() as u64,
+            tags: g.tags.len() as u64,
+            edges: g.edges() as u64,
         })
     }
 
@@ -444,9 +495,54 @@ impl GraphStore for AdjacencyGraph {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::EdgeKind;
 
     #[tokio::test]
     async fn adjacency_graph_passes_the_shared_suite() {
         crate::suite::run_all(&AdjacencyGraph::new()).await;
+    }
+
+    #[tokio::test]
+    async fn a_bulk_built_graph_answers_like_one_fed_edge_by_edge() {
+        let edges: Vec<Edge> = (0..3000u32)
+            .map(|i| {
+                let u = format!("u{}", i % 97);
+                if i % 3 == 0 {
+                    Edge::parse(EdgeKind::Follows, &u, &format!("u{}", (i * 7) % 97), 1.0)
+                } else {
+                    Edge::parse(
+                        EdgeKind::Engaged,
+                        &u,
+                        &format!("i{}", (i * 13) % 211),
+                        (i % 5) as f32,
+                    )
+                }
+                .unwrap()
+            })
+            .collect();
+        let bulk = AdjacencyGraph::from_edges(edges.clone());
+        let fed = AdjacencyGraph::new();
+        for chunk in edges.chunks(100) {
+            fed.add_edges(chunk.to_vec()).await.unwrap();
+        }
+        assert_eq!(bulk.stats().await.unwrap(), fed.stats().await.unwrap());
+        for user in ["u1", "u5", "u50"] {
+            let q = RecallQuery {
+                user: UserId::parse("user_id", user).unwrap(),
+                strategies: vec![
+                    Strategy::FriendsOfFriends,
+                    Strategy::FriendsItems,
+                    Strategy::SharedInterests,
+                ],
+                k: 20,
+                max_steps: 5000,
+                time_budget: std::time::Duration::from_secs(10),
+            };
+            assert_eq!(
+                bulk.recall(&q).await.unwrap(),
+                fed.recall(&q).await.unwrap(),
+                "{user}"
+            );
+        }
     }
 }

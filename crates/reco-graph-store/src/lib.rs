@@ -8,6 +8,7 @@
 //! Backends: [`AdjacencyGraph`] (embedded default). Every backend runs the shared [`suite`].
 
 mod adjacency;
+mod csr;
 pub mod suite;
 
 use std::time::Duration;
@@ -15,12 +16,16 @@ use std::time::Duration;
 use async_trait::async_trait;
 use reco_types::{ItemId, Name, UserId, ValidationError};
 
-pub use adjacency::AdjacencyGraph;
+pub use adjacency::{AdjacencyGraph, DEFAULT_FANOUT};
 
 /// Largest k a recall may ask for.
 pub const MAX_K: usize = 1000;
 /// Most random-walk steps one request may ask for.
 pub const MAX_STEPS: usize = 1_000_000;
+/// Friends of friends (the most mutual friends first) whose items count, at half weight, in friends' items.
+pub const FOF_POOL: usize = 100;
+/// Users with the most items in common whose items make the shared-interests candidates.
+pub const PEERS: usize = 200;
 
 /// A typed edge; the endpoint types follow from the kind.
 #[derive(Clone, Debug, PartialEq)]
@@ -135,8 +140,10 @@ pub struct RecallQuery {
 pub struct RecallResult {
     /// Best first.
     pub candidates: Vec<GraphCandidate>,
-    /// A walk stopped at its time budget before its step budget.
+    /// A walk stopped at its time budget before its step budget (or a remote walk fell back).
     pub truncated: bool,
+    /// Random-walk steps taken.
+    pub steps: u64,
 }
 
 /// Graph statistics.
@@ -169,4 +176,58 @@ pub trait GraphStore: Send + Sync + 'static {
     async fn recall(&self, query: &RecallQuery) -> Result<RecallResult>;
     async fn stats(&self) -> Result<GraphStats>;
     fn backend(&self) -> &'static str;
+}
+
+/// Merges the lists of several strategies: each list's scores are normalised to (0, 1] (strategies score on
+/// different scales), a candidate found by several sums its scores and joins its reasons; best first, ties by id.
+/// One list keeps its own scores.
+pub fn merge_strategies(lists: Vec<Vec<GraphCandidate>>, k: usize) -> Vec<GraphCandidate> {
+    let normalise = lists.len() > 1;
+    let mut merged: Vec<GraphCandidate> = Vec::new();
+    let mut at: std::collections::HashMap<(String, bool), usize> = Default::default();
+    for mut found in lists {
+        let max = found.iter().map(|c| c.score).fold(0.0f32, f32::max);
+        if normalise && max > 0.0 {
+            found.iter_mut().for_each(|c| c.score /= max);
+        }
+        for c in found {
+            let key = (c.id.clone(), c.kind == TargetKind::User);
+            match at.get(&key) {
+                Some(&i) => {
+                    let m = &mut merged[i];
+                    m.score += c.score;
+                    m.reason = format!("{}; {}", m.reason, c.reason);
+                }
+                None => {
+                    at.insert(key, merged.len());
+                    merged.push(c);
+                }
+            }
+        }
+    }
+    merged.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.id.cmp(&b.id)));
+    merged.truncate(k);
+    merged
+}
+
+/// The reasons every backend gives, so answers read the same whichever store served them.
+pub(crate) mod reasons {
+    use crate::Strategy;
+
+    pub fn friends_of_friends(mutual: u64) -> String {
+        format!("{mutual} mutual friends")
+    }
+
+    pub fn items(strategy: Strategy, engagers: u64) -> String {
+        match strategy {
+            Strategy::SharedInterests => {
+                format!("engaged by {engagers} users with shared interests")
+            }
+            _ => format!("engaged by {engagers} friends and friends of friends"),
+        }
+    }
+
+    pub fn walk(visits: u64) -> String {
+        format!("{visits} random-walk visits")
+    }
 }

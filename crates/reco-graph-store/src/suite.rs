@@ -20,6 +20,10 @@ fn query(user: &str, strategies: &[Strategy]) -> RecallQuery {
     }
 }
 
+/// A user id that would break a query built by pasting ids into text.
+pub const HOSTILE: &str = "o'brien\"}) DETACH DELETE n RETURN 1 //";
+const HOSTILE_ITEM: &str = "x' OR 1=1 MATCH (m) SET m.id = 'pwned";
+
 pub async fn run_all(g: &dyn GraphStore) {
     use EdgeKind::*;
     // alice follows bob and carol; both follow dave; bob follows erin.
@@ -39,6 +43,12 @@ pub async fn run_all(g: &dyn GraphStore) {
         e(Engaged, "zed", "song4", 1.0),
         e(HasTag, "song1", "rock", 1.0),
         e(Created, "bob", "song2", 1.0),
+        // A friend of a friend's item counts at half weight.
+        e(Engaged, "dave", "song5", 1.0),
+        // Ids are data, never query text: quotes, braces and Cypher keywords must round-trip untouched.
+        e(Follows, HOSTILE, "alice", 1.0),
+        e(Engaged, HOSTILE, "song1", 1.0),
+        e(Engaged, HOSTILE, HOSTILE_ITEM, 2.0),
     ];
     assert_eq!(g.add_edges(edges.clone()).await.unwrap(), edges.len());
     assert_eq!(
@@ -48,7 +58,7 @@ pub async fn run_all(g: &dyn GraphStore) {
     );
     let stats = g.stats().await.unwrap();
     assert_eq!(stats.edges, edges.len() as u64);
-    assert_eq!((stats.users, stats.items, stats.tags), (6, 4, 1));
+    assert_eq!((stats.users, stats.items, stats.tags), (7, 6, 1));
 
     let fof = g
         .recall(&query("alice", &[Strategy::FriendsOfFriends]))
@@ -71,8 +81,16 @@ pub async fn run_all(g: &dyn GraphStore) {
     let ids: Vec<_> = friends_items.iter().map(|c| c.id.as_str()).collect();
     assert_eq!(
         ids,
-        ["song2", "song3"],
-        "song1 is already alice's; song2 is liked by two friends"
+        ["song2", "song3", "song5"],
+        "song1 is already alice's; song2 is liked by two friends; song5 by a friend of friends"
+    );
+    let want = [6f32.ln() + 3f32.ln(), 2f32.ln(), 0.5 * 2f32.ln()];
+    for (c, w) in friends_items.iter().zip(want) {
+        assert!((c.score - w).abs() < 1e-4, "{}: {} != {w}", c.id, c.score);
+    }
+    assert_eq!(
+        friends_items[0].reason,
+        "engaged by 2 friends and friends of friends"
     );
 
     let shared = g
@@ -81,10 +99,22 @@ pub async fn run_all(g: &dyn GraphStore) {
         .unwrap()
         .candidates;
     let ids: Vec<_> = shared.iter().map(|c| c.id.as_str()).collect();
-    assert!(
-        ids.contains(&"song2") && ids.contains(&"song4") && !ids.contains(&"song1"),
-        "{ids:?}"
+    assert_eq!(
+        ids,
+        ["song2", HOSTILE_ITEM, "song4"],
+        "bob, zed and the hostile user share song1 with alice: their other items, heaviest first"
     );
+
+    let hostile = g
+        .recall(&query(
+            HOSTILE,
+            &[Strategy::FriendsOfFriends, Strategy::SharedInterests],
+        ))
+        .await
+        .unwrap()
+        .candidates;
+    let ids: Vec<_> = hostile.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(ids, ["bob", "carol", "song2", "song4"], "{hostile:?}");
 
     let walk = g
         .recall(&query("alice", &[Strategy::RandomWalk]))
@@ -96,9 +126,11 @@ pub async fn run_all(g: &dyn GraphStore) {
         "walks reach new items, not the seeds: {ids:?}"
     );
     assert!(
-        ids.iter().all(|i| ["song2", "song3", "song4"].contains(i)),
+        ids.iter()
+            .all(|i| ["song2", "song3", "song4", HOSTILE_ITEM].contains(i)),
         "only reachable items: {ids:?}"
     );
+    assert!(walk.steps > 0);
 
     assert!(
         g.recall(&query("nobody", &[Strategy::FriendsItems]))
