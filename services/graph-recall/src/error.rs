@@ -18,6 +18,7 @@ impl From<Error> for tonic::Status {
             Error::Invalid(v) => reco_server::invalid_argument(v),
             Error::Store(s) => match s {
                 GraphStoreError::Backend(_) => tonic::Status::unavailable(s.to_string()),
+                GraphStoreError::Timeout(_) => tonic::Status::deadline_exceeded(s.to_string()),
             },
         }
     }
