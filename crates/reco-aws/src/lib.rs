@@ -3,8 +3,8 @@
 //! the whole operation, and the SDK's adaptive retry mode, which backs off on throttling by itself.
 //!
 //! Credentials come from the SDK's default chain (environment, profile, SSO, web identity on EKS, the instance or
-//! container role), or, with an endpoint override and no credentials in the environment, from fixed dummy ones: a
-//! local server accepts any signature.
+//! container role), or, with an endpoint override on this machine and no credentials in the environment, from
+//! fixed dummy ones: a local server accepts any signature.
 //!
 //! The HTTPS client is built on rustls with ring rather than the SDK's default aws-lc, which would add a C build
 //! and a second rustls crypto provider beside the one the Redis client already uses.
@@ -84,7 +84,7 @@ impl AwsSettings {
             if self.region.is_none() {
                 loader = loader.region(Region::new(LOCAL_REGION));
             }
-            if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
+            if is_local(url) && std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
                 loader = loader.credentials_provider(aws_credential_types::Credentials::new(
                     "local",
                     "local",
@@ -96,6 +96,18 @@ impl AwsSettings {
         }
         loader.load().await
     }
+}
+
+/// True for an endpoint on this machine (moto, DynamoDB Local). A remote override (a Neptune cluster endpoint, a
+/// VPC endpoint) keeps the SDK's credential chain: dummy credentials there would only be refused.
+pub fn is_local(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let host = if let Some(v6) = rest.strip_prefix('[') {
+        v6.split(']').next().unwrap_or("")
+    } else {
+        rest.split([':', '/']).next().unwrap_or("")
+    };
+    host == "localhost" || host == "::1" || host.starts_with("127.")
 }
 
 /// Declares a clap `Args` struct of AWS flags with the given prefix, convertible into [`AwsSettings`]. Each
@@ -151,6 +163,25 @@ pub fn backoff(attempt: u32, base: Duration, max: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_endpoints_on_this_machine_are_local() {
+        for url in [
+            "http://127.0.0.1:5000",
+            "http://localhost:8000/",
+            "http://[::1]:9",
+            "127.0.0.5",
+        ] {
+            assert!(is_local(url), "{url}");
+        }
+        for url in [
+            "https://db.cluster-abc.us-east-1.neptune.amazonaws.com:8182",
+            "https://localhost.example.com",
+            "http://10.0.0.1:8182",
+        ] {
+            assert!(!is_local(url), "{url}");
+        }
+    }
 
     #[test]
     fn backoff_grows_and_stays_under_its_cap() {
