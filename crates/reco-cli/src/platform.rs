@@ -163,7 +163,7 @@ impl Platform {
             ),
             (
                 "graph-recall",
-                reco_graph_recall::build(&cfg.graph)?,
+                reco_graph_recall::build(&cfg.graph).await?,
                 graph_l,
             ),
             (
