@@ -15,7 +15,9 @@ use reco_types::{ItemId, Name, UserId};
 
 use crate::{
     Edge, FOF_POOL, GraphCandidate, GraphStats, GraphStore, PEERS, RecallQuery, RecallResult,
-    Result, Strategy, TargetKind, csr::Csr, merge_strategies, reasons,
+    Result, Strategy, TargetKind,
+    csr::{Csr, NONE},
+    merge_strategies, reasons,
 };
 
 /// Neighbours expanded per node by default (the heaviest), so one celebrity cannot make a request slow.
@@ -26,6 +28,8 @@ const MAX_SEEDS: usize = 20;
 const RESTART: f64 = 0.5;
 /// A walk stops early once 2k items were each visited this many times.
 const EARLY_STOP_VISITS: u32 = 4;
+/// Walks advancing in lockstep.
+const WALKERS: usize = 8;
 
 /// Ids interned once: the set's index is the node id.
 struct Interner<K>(IndexSet<K, foldhash::fast::RandomState>);
@@ -317,20 +321,35 @@ impl Graph {
         let mut hot = 0usize;
         let mut truncated = false;
         let mut steps = 0usize;
-        'walks: while steps < q.max_steps {
-            let s = rng.random_range(0..seeds.len());
-            let mut item = seeds[s].0;
-            while let Some(next) = self
-                .engaged_by
-                .random(item, &mut rng)
-                .and_then(|v| self.engaged.random(v, &mut rng))
-            {
-                item = next;
+        // WALKERS walks advance in lockstep, one hop for all at a time: a walk is bound by cache misses, and the
+        // misses of independent walks overlap when their loads are issued together (see Csr::random_many).
+        let mut seed_of = [0usize; WALKERS];
+        let mut at = [NONE; WALKERS];
+        let mut via = [NONE; WALKERS];
+        let mut next = [NONE; WALKERS];
+        let mut attempts = 0usize;
+        'walks: loop {
+            for (s, item) in seed_of.iter_mut().zip(at.iter_mut()) {
+                if *item == NONE {
+                    *s = rng.random_range(0..seeds.len());
+                    *item = seeds[*s].0;
+                }
+            }
+            self.engaged_by.random_many(&at, &mut via, &mut rng);
+            self.engaged.random_many(&via, &mut next, &mut rng);
+            for w in 0..WALKERS {
+                let n = next[w];
+                if n == NONE {
+                    at[w] = NONE;
+                    continue;
+                }
                 steps += 1;
-                *per_seed.entry((item as u64) << 5 | s as u64).or_default() += 1;
-                let n = total.entry(item).or_default();
-                *n += 1;
-                if *n == EARLY_STOP_VISITS {
+                *per_seed
+                    .entry((n as u64) << 5 | seed_of[w] as u64)
+                    .or_default() += 1;
+                let visits = total.entry(n).or_default();
+                *visits += 1;
+                if *visits == EARLY_STOP_VISITS {
                     hot += 1;
                 }
                 if hot >= q.k * 2 || steps >= q.max_steps {
@@ -340,9 +359,12 @@ impl Graph {
                     truncated = true;
                     break 'walks;
                 }
-                if rng.random_bool(RESTART) {
-                    break;
-                }
+                at[w] = if rng.random_bool(RESTART) { NONE } else { n };
+            }
+            // Draws that led nowhere count too, so a graph of dead ends cannot spin forever.
+            attempts += WALKERS;
+            if attempts > 2 * q.max_steps + 1024 {
+                break;
             }
         }
         let mut boosted: foldhash::HashMap<u32, (f32, u32)> = foldhash::HashMap::default();

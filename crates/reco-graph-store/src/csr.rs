@@ -18,6 +18,11 @@ use std::cmp::Ordering;
 
 use rand::Rng;
 
+/// No node: what [`Csr::random_many`] answers for a node without live neighbours.
+pub(crate) const NONE: u32 = u32::MAX;
+/// Most nodes one [`Csr::random_many`] call takes.
+pub(crate) const MAX_BATCH: usize = 16;
+
 /// Edges per direction below which compaction is not worth it.
 const MIN_COMPACTION: usize = 1 << 16;
 
@@ -181,6 +186,15 @@ impl Csr {
         if n == 0 {
             return None;
         }
+        if self.dead == 0 {
+            // No removed slot anywhere: one draw, and no load of the weights (a second cache miss per hop).
+            let i = rng.random_range(0..n);
+            return Some(if i < r.len() {
+                self.targets[r.start + i]
+            } else {
+                extra[i - r.len()].0
+            });
+        }
         // Removed slots are rare between compactions: retry a few times, then take the first live edge.
         for _ in 0..8 {
             let i = rng.random_range(0..n);
@@ -192,6 +206,37 @@ impl Csr {
             }
         }
         self.iter(a).next().map(|e| e.0)
+    }
+
+    /// A random live neighbour for each node of `from` (`NONE` for none, or for a `NONE` node), into `out`.
+    /// Without overlay or removed slots, the loads go in two passes, all offsets then all targets: independent
+    /// loads issued together overlap their cache misses, where one walk at a time waits for each in turn.
+    pub(crate) fn random_many(&self, from: &[u32], out: &mut [u32], rng: &mut impl Rng) {
+        debug_assert!(from.len() <= MAX_BATCH && out.len() >= from.len());
+        if self.overlay_edges != 0 || self.dead != 0 {
+            for (o, &a) in out.iter_mut().zip(from) {
+                *o = if a == NONE {
+                    NONE
+                } else {
+                    self.random(a, rng).unwrap_or(NONE)
+                };
+            }
+            return;
+        }
+        let mut ranges = [(0u64, 0u64); MAX_BATCH];
+        for (r, &a) in ranges.iter_mut().zip(from) {
+            let a = a as usize;
+            if a + 1 < self.offsets.len() {
+                *r = (self.offsets[a], self.offsets[a + 1]);
+            }
+        }
+        for (o, &(s, e)) in out.iter_mut().zip(&ranges[..from.len()]) {
+            *o = if e > s {
+                self.targets[(s + rng.random_range(0..e - s)) as usize]
+            } else {
+                NONE
+            };
+        }
     }
 
     /// True when the overlay and removed slots have grown enough that a merge pays for itself.
@@ -289,6 +334,17 @@ mod tests {
         }
         assert_eq!(seen.into_iter().collect::<Vec<_>>(), [5, 6, 7, 8, 9, 42]);
         assert_eq!(c.random(3, &mut rng), None);
+        let mut out = [0; 3];
+        c.random_many(&[0, 3, NONE], &mut out, &mut rng);
+        assert!(out[0] >= 5 && out[1] == NONE && out[2] == NONE, "{out:?}");
+        c.compact();
+        for _ in 0..100 {
+            c.random_many(&[0, 3, NONE], &mut out, &mut rng);
+            assert!(
+                out[0] >= 5 && out[0] != NONE && out[1] == NONE && out[2] == NONE,
+                "{out:?}"
+            );
+        }
     }
 
     #[test]
