@@ -84,5 +84,6 @@ if [ "$micro" = 1 ]; then
   cargo bench -p reco-vector-index --bench knn
   cargo bench -p reco-gateway --bench merge
   cargo bench -p reco-ranker --bench score_500
+  cargo bench -p reco-graph-store --bench walk
 fi
 echo "results in $out"

@@ -31,6 +31,48 @@ const EARLY_STOP_VISITS: u32 = 4;
 /// Walks advancing in lockstep.
 const WALKERS: usize = 8;
 
+/// A thread's scratch for walks: counters dense over item ids (one load per step, no hashing), each reset after
+/// use by the lists of what was touched. 12 bytes per item per thread that walks.
+#[derive(Default)]
+struct WalkScratch {
+    /// Visits from the current seed.
+    visits: Vec<u32>,
+    /// Σ over seeds of √visits.
+    root: Vec<f32>,
+    /// Visits from all seeds.
+    total: Vec<u32>,
+    touched: Vec<u32>,
+    touched_all: Vec<u32>,
+}
+
+impl WalkScratch {
+    fn fit(&mut self, items: usize) {
+        if self.visits.len() < items {
+            self.visits.resize(items, 0);
+            self.root.resize(items, 0.0);
+            self.total.resize(items, 0);
+        }
+    }
+
+    /// Folds the current seed's visits into the boosted sums, and clears them.
+    fn fold(&mut self) {
+        for &i in &self.touched {
+            let i = i as usize;
+            let v = std::mem::take(&mut self.visits[i]);
+            if self.total[i] == 0 {
+                self.touched_all.push(i as u32);
+            }
+            self.root[i] += (v as f32).sqrt();
+            self.total[i] += v;
+        }
+        self.touched.clear();
+    }
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<WalkScratch> = std::cell::RefCell::default();
+}
+
 /// Ids interned once: the set's index is the node id.
 struct Interner<K>(IndexSet<K, foldhash::fast::RandomState>);
 
@@ -291,9 +333,10 @@ impl Graph {
         )
     }
 
-    /// Pixie-style walks: item -> random engager -> random item, restarting at a seed with probability
-    /// [`RESTART`] per hop. Visits are boosted across seeds: (Σ_seed √visits)², so items reached from several of
-    /// the user's interests beat items reached often from one. Returns the candidates, whether the time budget cut
+    /// Pixie-style walks: from each seed in turn (the user's heaviest items), item -> random engager -> random
+    /// item, back to the seed with probability [`RESTART`] per hop, for steps in proportion to the seed's weight
+    /// or until enough items are well visited. Visits are boosted across seeds: (Σ_seed √visits)², so items
+    /// reached from several of the user's interests beat items reached often from one. Returns the candidates, whether the time budget cut
     /// the walk, and the steps taken.
     fn random_walk(
         &self,
@@ -315,71 +358,76 @@ impl Graph {
         );
 
         let started = Instant::now();
-        // Visits per (item, seed) and per item: two hash updates per step, no per-seed maps.
-        let mut per_seed: foldhash::HashMap<u64, u32> = foldhash::HashMap::default();
-        let mut total: foldhash::HashMap<u32, u32> = foldhash::HashMap::default();
-        let mut hot = 0usize;
+        let seen: foldhash::HashSet<u32> = self.engaged.iter(u).map(|e| e.0).collect();
+        let weight_sum: f64 = seeds
+            .iter()
+            .map(|s| s.1.max(0.0) as f64)
+            .sum::<f64>()
+            .max(1e-9);
+        // Pixie's early stopping per seed: stop once this many items were each visited EARLY_STOP_VISITS times,
+        // so that over all seeds about 2k candidates are well estimated.
+        let enough = (2 * q.k).div_ceil(seeds.len());
         let mut truncated = false;
         let mut steps = 0usize;
-        // WALKERS walks advance in lockstep, one hop for all at a time: a walk is bound by cache misses, and the
-        // misses of independent walks overlap when their loads are issued together (see Csr::random_many).
-        let mut seed_of = [0usize; WALKERS];
-        let mut at = [NONE; WALKERS];
-        let mut via = [NONE; WALKERS];
-        let mut next = [NONE; WALKERS];
-        let mut attempts = 0usize;
-        'walks: loop {
-            for (s, item) in seed_of.iter_mut().zip(at.iter_mut()) {
-                if *item == NONE {
-                    *s = rng.random_range(0..seeds.len());
-                    *item = seeds[*s].0;
-                }
-            }
-            self.engaged_by.random_many(&at, &mut via, &mut rng);
-            self.engaged.random_many(&via, &mut next, &mut rng);
-            for w in 0..WALKERS {
-                let n = next[w];
-                if n == NONE {
-                    at[w] = NONE;
-                    continue;
-                }
-                steps += 1;
-                *per_seed
-                    .entry((n as u64) << 5 | seed_of[w] as u64)
-                    .or_default() += 1;
-                let visits = total.entry(n).or_default();
-                *visits += 1;
-                if *visits == EARLY_STOP_VISITS {
-                    hot += 1;
-                }
-                if hot >= q.k * 2 || steps >= q.max_steps {
-                    break 'walks;
-                }
-                if steps.is_multiple_of(1024) && started.elapsed() > q.time_budget {
-                    truncated = true;
-                    break 'walks;
-                }
-                at[w] = if rng.random_bool(RESTART) { NONE } else { n };
-            }
-            // Draws that led nowhere count too, so a graph of dead ends cannot spin forever.
-            attempts += WALKERS;
-            if attempts > 2 * q.max_steps + 1024 {
-                break;
-            }
-        }
-        let mut boosted: foldhash::HashMap<u32, (f32, u32)> = foldhash::HashMap::default();
-        for (key, visits) in per_seed {
-            let e = boosted.entry((key >> 5) as u32).or_default();
-            e.0 += (visits as f32).sqrt();
-            e.1 += 1;
-        }
-        let seen: foldhash::HashSet<u32> = self.engaged.iter(u).map(|e| e.0).collect();
         let mut t = Tally::default();
-        for (item, (root_sum, _)) in boosted {
-            if !seen.contains(&item) {
-                t.0.insert(item, (root_sum * root_sum, total[&item]));
+        SCRATCH.with_borrow_mut(|sc| {
+            sc.fit(self.items.len());
+            'seeds: for &(seed, weight) in &seeds {
+                // Steps in proportion to the seed's weight, as Pixie does.
+                let budget = ((q.max_steps as f64 * weight.max(0.0) as f64 / weight_sum).ceil()
+                    as usize)
+                    .max(1);
+                let (mut taken, mut hot, mut attempts) = (0usize, 0usize, 0usize);
+                // WALKERS walks advance in lockstep, one hop for all at a time: a walk is bound by cache misses,
+                // and the misses of independent walks overlap when their loads go out together (Csr::random_many).
+                let mut at = [seed; WALKERS];
+                let mut via = [NONE; WALKERS];
+                let mut next = [NONE; WALKERS];
+                'walks: loop {
+                    self.engaged_by.random_many(&at, &mut via, &mut rng);
+                    self.engaged.random_many(&via, &mut next, &mut rng);
+                    for w in 0..WALKERS {
+                        let n = next[w];
+                        if n == NONE {
+                            at[w] = seed;
+                            continue;
+                        }
+                        taken += 1;
+                        steps += 1;
+                        let c = &mut sc.visits[n as usize];
+                        if *c == 0 {
+                            sc.touched.push(n);
+                        }
+                        *c += 1;
+                        hot += usize::from(*c == EARLY_STOP_VISITS);
+                        if hot >= enough || taken >= budget {
+                            break 'walks;
+                        }
+                        if steps.is_multiple_of(1024) && started.elapsed() > q.time_budget {
+                            truncated = true;
+                            sc.fold();
+                            break 'seeds;
+                        }
+                        at[w] = if rng.random_bool(RESTART) { seed } else { n };
+                    }
+                    // Draws that led nowhere count too, so a seed that is a dead end cannot spin forever.
+                    attempts += WALKERS;
+                    if attempts > 2 * budget + 1024 {
+                        break;
+                    }
+                }
+                sc.fold();
             }
-        }
+            for &i in &sc.touched_all {
+                let (root, total) = (sc.root[i as usize], sc.total[i as usize]);
+                if !seen.contains(&i) {
+                    t.0.insert(i, (root * root, total));
+                }
+                sc.root[i as usize] = 0.0;
+                sc.total[i as usize] = 0;
+            }
+            sc.touched_all.clear();
+        });
         let found = t
             .top(q.k, by_item)
             .into_iter()
