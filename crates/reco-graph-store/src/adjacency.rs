@@ -29,7 +29,7 @@ const RESTART: f64 = 0.5;
 /// A walk stops early once 2k items were each visited this many times.
 const EARLY_STOP_VISITS: u32 = 4;
 /// Walks advancing in lockstep.
-const WALKERS: usize = 8;
+const WALKERS: usize = 16;
 
 /// A thread's scratch for walks: counters dense over item ids (one load per step, no hashing), each reset after
 /// use by the lists of what was touched. 12 bytes per item per thread that walks.
@@ -151,18 +151,33 @@ impl Tally {
         e.1 += 1;
     }
 
-    /// The top `k` as (id, score, hits): highest score first, ties by name.
+    /// The top `k` as (id, score, hits): highest score first, ties by name. Names are compared only where scores
+    /// tie (a name comparison is a random load and a memcmp, and walk scores tie often): the cut is found by score
+    /// alone, and the candidates tied at the cut are then ordered by name.
     fn top(self, k: usize, by_name: impl Fn(u32, u32) -> Ordering) -> Vec<(u32, f32, u32)> {
         let mut v: Vec<_> = self.0.into_iter().map(|(id, (s, n))| (id, s, n)).collect();
-        let order = |a: &(u32, f32, u32), b: &(u32, f32, u32)| {
-            b.1.total_cmp(&a.1).then_with(|| by_name(a.0, b.0))
-        };
-        if v.len() > k && k > 0 {
-            v.select_nth_unstable_by(k - 1, order);
-            v.truncate(k);
+        if k == 0 {
+            return Vec::new();
         }
-        v.sort_by(order);
-        v.truncate(k);
+        if v.len() > k {
+            v.select_nth_unstable_by(k - 1, |a, b| b.1.total_cmp(&a.1));
+            let cut = v[k - 1].1;
+            let mut tied: Vec<_> = v
+                .iter()
+                .filter(|x| x.1.total_cmp(&cut).is_eq())
+                .copied()
+                .collect();
+            v.retain(|x| x.1.total_cmp(&cut).is_gt());
+            tied.sort_by(|a, b| by_name(a.0, b.0));
+            tied.truncate(k - v.len());
+            v.extend(tied);
+        }
+        v.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
+        for run in v.chunk_by_mut(|a, b| a.1.total_cmp(&b.1).is_eq()) {
+            if run.len() > 1 {
+                run.sort_by(|a, b| by_name(a.0, b.0));
+            }
+        }
         v
     }
 }
@@ -574,16 +589,17 @@ mod tests {
 
     #[tokio::test]
     async fn a_bulk_built_graph_answers_like_one_fed_edge_by_edge() {
-        let edges: Vec<Edge> = (0..3000u32)
+        // Enough edges, fed in small batches, that the overlay is compacted into the arrays several times.
+        let edges: Vec<Edge> = (0..300_000u32)
             .map(|i| {
-                let u = format!("u{}", i % 97);
+                let u = format!("u{}", i % 9973);
                 if i % 3 == 0 {
-                    Edge::parse(EdgeKind::Follows, &u, &format!("u{}", (i * 7) % 97), 1.0)
+                    Edge::parse(EdgeKind::Follows, &u, &format!("u{}", (i * 7) % 9973), 1.0)
                 } else {
                     Edge::parse(
                         EdgeKind::Engaged,
                         &u,
-                        &format!("i{}", (i * 13) % 211),
+                        &format!("i{}", (i * 13) % 21101),
                         (i % 5) as f32,
                     )
                 }
@@ -592,10 +608,19 @@ mod tests {
             .collect();
         let bulk = AdjacencyGraph::from_edges(edges.clone());
         let fed = AdjacencyGraph::new();
-        for chunk in edges.chunks(100) {
+        for chunk in edges.chunks(5000) {
             fed.add_edges(chunk.to_vec()).await.unwrap();
         }
         assert_eq!(bulk.stats().await.unwrap(), fed.stats().await.unwrap());
+        {
+            let g = fed.graph.read();
+            assert!(
+                g.engaged.overlay_len() < g.engaged.len() / 2,
+                "the overlay was compacted: {} of {}",
+                g.engaged.overlay_len(),
+                g.engaged.len()
+            );
+        }
         for user in ["u1", "u5", "u50"] {
             let q = RecallQuery {
                 user: UserId::parse("user_id", user).unwrap(),

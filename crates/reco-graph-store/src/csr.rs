@@ -271,6 +271,12 @@ impl Csr {
         };
     }
 
+    /// Edges in the overlay, not yet compacted.
+    #[cfg(test)]
+    pub(crate) fn overlay_len(&self) -> usize {
+        self.overlay_edges
+    }
+
     /// Live edges.
     pub(crate) fn len(&self) -> usize {
         self.targets.len() - self.dead + self.overlay_edges
