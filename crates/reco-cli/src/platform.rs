@@ -125,11 +125,13 @@ impl Platform {
         let temp_dir = match &cfg.data_dir {
             Some(dir) => {
                 cfg.feature.data_dir = dir.join("feature");
+                cfg.vector.data_dir = Some(dir.join("vector"));
                 None
             }
             None => {
                 let t = tempfile::tempdir().context("cannot make a temporary data directory")?;
                 cfg.feature.data_dir = t.path().join("feature");
+                cfg.vector.data_dir = Some(t.path().join("vector"));
                 Some(t)
             }
         };

@@ -1,9 +1,11 @@
 //! Vector recall: nearest items to a query vector, with category and id filters.
 //!
-//! Backends: [`ExactIndex`] (embedded default, brute force; exact, so it is also the ground truth that approximate
-//! indexes are measured against). Every backend runs the shared [`suite`].
+//! Backends: [`HnswIndex`] (embedded default: HNSW from usearch, saved to and loaded from disk) and [`ExactIndex`]
+//! (brute force; exact, so it is also the ground truth that approximate indexes are measured against). Every
+//! backend runs the shared [`suite`].
 
 mod exact;
+mod hnsw;
 pub mod suite;
 mod versioned;
 
@@ -11,6 +13,7 @@ use async_trait::async_trait;
 use reco_types::{Embedding, ItemFilter, ItemId, Name};
 
 pub use exact::ExactIndex;
+pub use hnsw::{HnswIndex, HnswParams};
 pub use versioned::{INITIAL_VERSION, UnknownVersion, VersionedIndex};
 
 /// Largest k a search may ask for.
@@ -102,4 +105,16 @@ pub trait VectorIndex: Send + Sync + 'static {
     async fn stats(&self) -> Result<IndexStats>;
     fn dimension(&self) -> usize;
     fn backend(&self) -> &'static str;
+    /// Writes the index under `dir` so a restart can load it; false for a backend that keeps nothing on disk.
+    fn save(&self, _dir: &std::path::Path) -> Result<bool> {
+        Ok(false)
+    }
+    /// A fresh copy of this index's items, built while this one keeps serving (None: nothing to rebuild).
+    fn rebuilt(&self) -> Result<Option<std::sync::Arc<dyn VectorIndex>>> {
+        Ok(None)
+    }
+    /// Share of the structure held by removed or replaced items: what a rebuild would reclaim.
+    fn garbage(&self) -> f64 {
+        0.0
+    }
 }

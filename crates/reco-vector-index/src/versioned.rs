@@ -11,13 +11,27 @@ use crate::VectorIndex;
 /// The name of the index a fresh service serves.
 pub const INITIAL_VERSION: &str = "v1";
 
-type Factory = Box<dyn Fn() -> Arc<dyn VectorIndex> + Send + Sync>;
+type Factory = Box<dyn Fn() -> crate::Result<Arc<dyn VectorIndex>> + Send + Sync>;
+
+/// An index to write, holding off rebuild swaps until dropped.
+pub struct Writer {
+    index: Arc<dyn VectorIndex>,
+    _gate: tokio::sync::OwnedRwLockReadGuard<()>,
+}
+
+impl std::ops::Deref for Writer {
+    type Target = dyn VectorIndex;
+    fn deref(&self) -> &Self::Target {
+        &*self.index
+    }
+}
 
 /// A serving index and its staged successors.
 pub struct VersionedIndex {
     serving: RwLock<(String, Arc<dyn VectorIndex>)>,
     staging: Mutex<HashMap<String, Arc<dyn VectorIndex>>>,
     make: Factory,
+    gate: Arc<tokio::sync::RwLock<()>>,
 }
 
 /// Activation of a version that was never staged.
@@ -27,12 +41,24 @@ pub struct UnknownVersion(pub String);
 
 impl VersionedIndex {
     /// Serves an empty index from `make`, which also builds every staging index.
-    pub fn new(make: impl Fn() -> Arc<dyn VectorIndex> + Send + Sync + 'static) -> Self {
-        Self {
-            serving: RwLock::new((INITIAL_VERSION.to_string(), make())),
+    pub fn new(
+        make: impl Fn() -> crate::Result<Arc<dyn VectorIndex>> + Send + Sync + 'static,
+    ) -> crate::Result<Self> {
+        Self::serving_from(INITIAL_VERSION, make()?, make)
+    }
+
+    /// Serves `index` (loaded from disk, say) as `version`; `make` builds staging indexes.
+    pub fn serving_from(
+        version: &str,
+        index: Arc<dyn VectorIndex>,
+        make: impl Fn() -> crate::Result<Arc<dyn VectorIndex>> + Send + Sync + 'static,
+    ) -> crate::Result<Self> {
+        Ok(Self {
+            serving: RwLock::new((version.to_string(), index)),
             staging: Mutex::default(),
             make: Box::new(make),
-        }
+            gate: Arc::default(),
+        })
     }
 
     /// The serving version and index.
@@ -42,19 +68,56 @@ impl VersionedIndex {
     }
 
     /// The index to write for `version`: the serving one for None or its own name, else a staging index
-    /// (created empty on first use).
-    pub fn for_write(&self, version: Option<&str>) -> Arc<dyn VectorIndex> {
-        let serving = self.serving.read();
-        match version {
-            None => serving.1.clone(),
-            Some(v) if v == serving.0 => serving.1.clone(),
-            Some(v) => self
-                .staging
-                .lock()
-                .entry(v.to_string())
-                .or_insert_with(|| (self.make)())
-                .clone(),
+    /// (created empty on first use). Hold the writer for the whole write: a rebuild does not swap while one is
+    /// held, so no write lands on an index about to be replaced.
+    pub async fn for_write(&self, version: Option<&str>) -> crate::Result<Writer> {
+        let gate = self.gate.clone().read_owned().await;
+        let index = {
+            let serving = self.serving.read();
+            match version {
+                None => serving.1.clone(),
+                Some(v) if v == serving.0 => serving.1.clone(),
+                Some(v) => {
+                    let mut staging = self.staging.lock();
+                    match staging.get(v) {
+                        Some(i) => i.clone(),
+                        None => {
+                            let i = (self.make)()?;
+                            staging.insert(v.to_string(), i.clone());
+                            i
+                        }
+                    }
+                }
+            }
+        };
+        Ok(Writer { index, _gate: gate })
+    }
+
+    /// Rebuilds the serving index beside it and swaps the copy in, unless the serving index changed meanwhile (a
+    /// write or an activation: the copy would miss it; the caller tries again later). Searches run on the old
+    /// index until the swap and on the new one after, and none waits for the build, which runs on a blocking
+    /// thread. True when swapped.
+    pub async fn rebuild_serving(&self) -> crate::Result<bool> {
+        let (name, old) = self.serving();
+        let before = old.stats().await?.version;
+        let source = old.clone();
+        let fresh = tokio::task::spawn_blocking(move || source.rebuilt())
+            .await
+            .map_err(|e| crate::VectorIndexError::Backend(format!("rebuild: {e}")))??;
+        let Some(fresh) = fresh else {
+            return Ok(false);
+        };
+        // No write is in flight while the gate is held, so the stamp compared is the final one.
+        let _gate = self.gate.clone().write_owned().await;
+        if old.stats().await?.version != before {
+            return Ok(false);
         }
+        let mut serving = self.serving.write();
+        if !Arc::ptr_eq(&serving.1, &old) {
+            return Ok(false);
+        }
+        *serving = (name, fresh);
+        Ok(true)
     }
 
     /// Makes a staged version the serving one; returns the version it replaced.
@@ -90,9 +153,16 @@ mod tests {
 
     #[tokio::test]
     async fn a_staged_version_serves_only_once_activated_and_searches_never_see_it_half_built() {
-        let idx = VersionedIndex::new(|| Arc::new(ExactIndex::new(2, Metric::Cosine)));
-        idx.for_write(None).upsert(vec![item("old")]).await.unwrap();
+        let idx = VersionedIndex::new(|| Ok(Arc::new(ExactIndex::new(2, Metric::Cosine)))).unwrap();
+        idx.for_write(None)
+            .await
+            .unwrap()
+            .upsert(vec![item("old")])
+            .await
+            .unwrap();
         idx.for_write(Some("next"))
+            .await
+            .unwrap()
             .upsert(vec![item("new-1")])
             .await
             .unwrap();
@@ -106,6 +176,8 @@ mod tests {
         // A search that took the serving index before the switch finishes on it.
         let (_, held) = idx.serving();
         idx.for_write(Some("next"))
+            .await
+            .unwrap()
             .upsert(vec![item("new-2")])
             .await
             .unwrap();

@@ -22,6 +22,8 @@ const RECENT_ITEMS_FOR_QUERY: u32 = 20;
 pub struct VectorApi {
     index: Arc<VersionedIndex>,
     features: Option<FeatureServiceClient<TracedChannel>>,
+    /// Told when a new version serves, so it is saved at once.
+    saver: Option<Arc<tokio::sync::Notify>>,
 }
 
 /// Reads an index version from a write request: empty means the serving index.
@@ -38,7 +40,17 @@ impl VectorApi {
         index: Arc<VersionedIndex>,
         features: Option<FeatureServiceClient<TracedChannel>>,
     ) -> Self {
-        Self { index, features }
+        Self {
+            index,
+            features,
+            saver: None,
+        }
+    }
+
+    /// Notifies `saver` whenever a version is activated.
+    pub fn with_saver(mut self, saver: Arc<tokio::sync::Notify>) -> Self {
+        self.saver = Some(saver);
+        self
     }
 
     /// The query vector; None when the user or items have nothing to search with (an empty answer).
@@ -112,7 +124,7 @@ impl VectorApi {
 
     async fn upsert(&self, r: pb::UpsertRequest) -> Result<pb::UpsertResponse, Error> {
         check_batch("items", r.items.len())?;
-        let index = self.index.for_write(version(&r.index_version)?);
+        let index = self.index.for_write(version(&r.index_version)?).await?;
         let dimension = index.dimension();
         let items = each("items", r.items, |i| {
             let pb::ItemVector {
@@ -140,6 +152,7 @@ impl VectorApi {
         let deleted = self
             .index
             .for_write(version(&r.index_version)?)
+            .await?
             .delete(&ids)
             .await?;
         Ok(pb::DeleteResponse {
@@ -154,6 +167,9 @@ impl VectorApi {
         let v = Name::parse("index_version", &r.index_version)?;
         let previous_version = self.index.activate(v.as_str())?;
         tracing::info!(version = %v, previous = %previous_version, "vector index version activated");
+        if let Some(saver) = &self.saver {
+            saver.notify_one();
+        }
         Ok(pb::ActivateIndexResponse { previous_version })
     }
 

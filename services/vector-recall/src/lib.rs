@@ -1,7 +1,7 @@
 //! The vector-recall service: the items nearest to a vector, to a user's embedding, or to a set of items.
 //!
 //! ```text
-//!   Search{vector}   ─────────────────────────────▶ serving version of a VersionedIndex (exact | ...)
+//!   Search{vector}   ─────────────────────────────▶ serving version of a VersionedIndex (hnsw | exact)
 //!   Search{user_id}  ─▶ feature service: embedding ─┘   (or the mean of the user's recent items' vectors)
 //!   Search{item_ids} ─▶ mean of those items' vectors ┘
 //! ```
@@ -9,7 +9,8 @@
 mod api;
 mod error;
 
-use std::{net::SocketAddr, sync::Arc};
+use std::net::SocketAddr;
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use reco_proto::{
     feature::v1::feature_service_client::FeatureServiceClient,
@@ -17,7 +18,9 @@ use reco_proto::{
 };
 use reco_server::{GrpcServer, ServerArgs};
 use reco_telemetry::TelemetryArgs;
-use reco_vector_index::{ExactIndex, Metric, VersionedIndex};
+use reco_vector_index::{
+    ExactIndex, HnswIndex, HnswParams, INITIAL_VERSION, Metric, VectorIndex, VersionedIndex,
+};
 
 pub use api::VectorApi;
 pub use error::Error;
@@ -34,7 +37,9 @@ pub const DEFAULT_PORT: u16 = 50054;
 /// Which index backs the service.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Backend {
-    /// Exact brute-force search in process (embedded default).
+    /// HNSW graph in process (usearch; embedded default), saved under `--data-dir`.
+    Hnsw,
+    /// Exact brute-force search in process (the ground truth; fine up to tens of thousands of items).
     Exact,
 }
 
@@ -51,8 +56,35 @@ pub struct Config {
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
     /// Index backend.
-    #[arg(long = "backend", env = "RECO_VECTOR_BACKEND", value_enum, default_value_t = Backend::Exact)]
+    #[arg(long = "backend", env = "RECO_VECTOR_BACKEND", value_enum, default_value_t = Backend::Hnsw)]
     pub backend: Backend,
+    /// Where the HNSW index is saved (`index.usearch` and `index.meta.json`) and loaded from at start. Without
+    /// it the index lives in memory only.
+    #[arg(long = "data-dir", env = "RECO_VECTOR_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// HNSW links per node.
+    #[arg(long = "hnsw-m", env = "RECO_HNSW_M", default_value_t = 16, value_parser = clap::value_parser!(u32).range(2..=256))]
+    pub hnsw_m: u32,
+    /// HNSW candidates kept while inserting.
+    #[arg(long = "hnsw-ef-construction", env = "RECO_HNSW_EF_CONSTRUCTION", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub hnsw_ef_construction: u32,
+    /// HNSW candidates kept while searching (k when k is larger): recall against speed.
+    #[arg(long = "hnsw-ef-search", env = "RECO_HNSW_EF_SEARCH", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub hnsw_ef_search: u32,
+    /// How often the serving index is saved when it changed, and checked for a rebuild, in ms.
+    #[arg(
+        long = "maintenance-interval-ms",
+        env = "RECO_VECTOR_MAINTENANCE_INTERVAL_MS",
+        default_value_t = 30_000
+    )]
+    pub maintenance_interval_ms: u64,
+    /// Rebuild the serving HNSW graph in the background once this share of it is removed or replaced items.
+    #[arg(
+        long = "rebuild-garbage",
+        env = "RECO_VECTOR_REBUILD_GARBAGE",
+        default_value_t = 0.2
+    )]
+    pub rebuild_garbage: f64,
     /// Dimension of every vector in the index.
     #[arg(long, env = "RECO_VECTOR_DIMENSION", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub dimension: u32,
@@ -76,12 +108,81 @@ impl Config {
     }
 }
 
-/// Opens the configured index, serving an empty first version.
+impl Config {
+    fn params(&self) -> HnswParams {
+        HnswParams {
+            m: self.hnsw_m as usize,
+            ef_construction: self.hnsw_ef_construction as usize,
+            ef_search: self.hnsw_ef_search as usize,
+        }
+    }
+}
+
+/// Opens the configured index: the one saved under `--data-dir` when there is one, else an empty first version.
 pub fn open_index(config: &Config) -> anyhow::Result<Arc<VersionedIndex>> {
-    let (dimension, metric) = (config.dimension as usize, config.metric);
+    let (dimension, metric, params) = (config.dimension as usize, config.metric, config.params());
     Ok(Arc::new(match config.backend {
-        Backend::Exact => VersionedIndex::new(move || Arc::new(ExactIndex::new(dimension, metric))),
+        Backend::Exact => {
+            VersionedIndex::new(move || Ok(Arc::new(ExactIndex::new(dimension, metric))))?
+        }
+        Backend::Hnsw => {
+            let make = move || -> reco_vector_index::Result<Arc<dyn VectorIndex>> {
+                Ok(Arc::new(HnswIndex::new(dimension, metric, params)?))
+            };
+            let saved = match &config.data_dir {
+                Some(dir) => HnswIndex::load(dir, dimension, metric)?,
+                None => None,
+            };
+            match saved {
+                Some(index) => {
+                    tracing::info!(dir = ?config.data_dir, "vector index loaded");
+                    VersionedIndex::serving_from(INITIAL_VERSION, Arc::new(index), make)?
+                }
+                None => VersionedIndex::new(make)?,
+            }
+        }
     }))
+}
+
+/// Keeps the serving index saved under `dir` (at once when `activated` is notified, else every `every` when it
+/// changed) and rebuilds it in the background once `garbage` of it is dead. Runs until the process ends.
+pub async fn maintain(
+    index: Arc<VersionedIndex>,
+    dir: Option<PathBuf>,
+    activated: Arc<tokio::sync::Notify>,
+    every: Duration,
+    garbage: f64,
+) {
+    let mut saved: Option<(usize, String)> = None;
+    loop {
+        tokio::select! {
+            _ = activated.notified() => {}
+            _ = tokio::time::sleep(every) => {}
+        }
+        let (_, serving) = index.serving();
+        if serving.garbage() > garbage {
+            match index.rebuild_serving().await {
+                Ok(true) => tracing::info!("vector index rebuilt and swapped"),
+                Ok(false) => tracing::debug!("vector index rebuild deferred: it changed meanwhile"),
+                Err(e) => tracing::warn!(error = %e, "vector index rebuild failed"),
+            }
+        }
+        let Some(dir) = &dir else { continue };
+        let (_, serving) = index.serving();
+        let Ok(stats) = serving.stats().await else {
+            continue;
+        };
+        let stamp = (Arc::as_ptr(&serving) as *const () as usize, stats.version);
+        if saved.as_ref() == Some(&stamp) {
+            continue;
+        }
+        let dir = dir.clone();
+        match tokio::task::spawn_blocking(move || serving.save(&dir)).await {
+            Ok(Ok(_)) => saved = Some(stamp),
+            Ok(Err(e)) => tracing::warn!(error = %e, "vector index not saved"),
+            Err(e) => tracing::warn!(error = %e, "vector index save task failed"),
+        }
+    }
 }
 
 /// The service over a given index, ready to serve.
@@ -93,9 +194,19 @@ pub fn server(config: &Config, index: Arc<VersionedIndex>) -> anyhow::Result<Grp
         .map(|a| reco_server::channel_tls(a, tls.as_ref()).map(FeatureServiceClient::new))
         .transpose()?;
     let probe = index.clone();
+    let activated = Arc::new(tokio::sync::Notify::new());
+    tokio::spawn(maintain(
+        index.clone(),
+        config.data_dir.clone(),
+        activated.clone(),
+        Duration::from_millis(config.maintenance_interval_ms.max(100)),
+        config.rebuild_garbage,
+    ));
     Ok(GrpcServer::new("vector-recall", config.server.clone())
         .write_rpcs(API, WRITE_RPCS)
-        .add_service(VectorRecallServer::new(VectorApi::new(index, features)))
+        .add_service(VectorRecallServer::new(
+            VectorApi::new(index, features).with_saver(activated),
+        ))
         .readiness(move || {
             let index = probe.clone();
             async move {
