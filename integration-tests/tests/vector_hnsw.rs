@@ -14,9 +14,11 @@ async fn start(
 ) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
-    let mut cfg = reco_vector_recall::Config::default();
-    cfg.dimension = 4;
-    cfg.data_dir = Some(dir.to_path_buf());
+    let cfg = reco_vector_recall::Config {
+        dimension: 4,
+        data_dir: Some(dir.to_path_buf()),
+        ..Default::default()
+    };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = reco_vector_recall::build(&cfg).unwrap();
     let task = tokio::spawn(async move {

@@ -130,6 +130,12 @@ impl HnswIndex {
         })
     }
 
+    /// Changes how many candidates a search keeps (recall against speed). Taken under the write lock, so no
+    /// search is under way while the setting changes.
+    pub fn set_ef_search(&self, ef: usize) {
+        self.inner.write().index.change_expansion_search(ef.max(1));
+    }
+
     fn files(dir: &Path) -> (PathBuf, PathBuf) {
         (dir.join("index.usearch"), dir.join("index.meta.json"))
     }

@@ -1,0 +1,360 @@
+//! Approximate k-NN quality and speed: our HNSW index (usearch, m = 16, ef_construction = 256) against exact
+//! search, and against faiss's IndexHNSWFlat built in the same run on the same vectors with the same parameters.
+//!
+//! Two data sets: the 64-dimensional item embeddings the platform trains from MovieLens ml-latest-small (queries:
+//! the users' embeddings), and 200,000 synthetic clustered 64-d vectors (1,000 Gaussian clusters; queries drawn the
+//! same way). For each ef_search: recall@100 against exact search, queries per second on one core (one query at
+//! a time, through the VectorIndex trait as the service calls it) and p99 latency. Then, at the smallest ef that
+//! reaches recall 0.95 on each side, our QPS as a ratio to faiss's.
+//!
+//! Run: `cargo bench -p reco-vector-index --bench ann`. faiss comes from PyPI (`faiss-cpu`, `numpy`): the bench
+//! uses `.tools/venv/bin/python` (scripts/test.sh makes it) or `RECO_PYTHON`, and installs the two packages into
+//! that venv when missing. `RECO_BENCH_VECTORS` sizes the synthetic set (default 200000).
+
+use std::{
+    io::Write,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Instant,
+};
+
+use hdrhistogram::Histogram;
+use rand::{Rng, SeedableRng, rngs::SmallRng};
+use rand_distr::{Distribution, Normal};
+use reco_types::{Embedding, ItemFilter, ItemId};
+use reco_vector_index::{HnswIndex, HnswParams, IndexedItem, Metric, VectorIndex};
+
+const K: usize = 100;
+const M: usize = 16;
+const EF_CONSTRUCTION: usize = 256;
+const EFS: [usize; 6] = [100, 128, 160, 200, 256, 320];
+const TARGET_RECALL: f64 = 0.95;
+
+fn normalise(v: &mut [f32]) {
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+    v.iter_mut().for_each(|x| *x /= n);
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+fn exact(base: &[Vec<f32>], q: &[f32]) -> Vec<u32> {
+    let mut s: Vec<(f32, u32)> = base
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (dot(v, q), i as u32))
+        .collect();
+    s.select_nth_unstable_by(K - 1, |a, b| b.0.total_cmp(&a.0));
+    s.truncate(K);
+    s.into_iter().map(|x| x.1).collect()
+}
+
+/// Base vectors and queries.
+type Set = (Vec<Vec<f32>>, Vec<Vec<f32>>);
+
+fn clustered(n: usize, queries: usize) -> Set {
+    let mut rng = SmallRng::seed_from_u64(1);
+    let g = Normal::new(0.0f32, 1.0).unwrap();
+    let centers: Vec<Vec<f32>> = (0..1000)
+        .map(|_| (0..64).map(|_| g.sample(&mut rng)).collect())
+        .collect();
+    let point = |rng: &mut SmallRng| {
+        let c = &centers[rng.random_range(0..centers.len())];
+        let mut v: Vec<f32> = c.iter().map(|x| x + 0.6 * g.sample(rng)).collect();
+        normalise(&mut v);
+        v
+    };
+    let base = (0..n).map(|_| point(&mut rng)).collect();
+    let qs = (0..queries).map(|_| point(&mut rng)).collect();
+    (base, qs)
+}
+
+fn datasets_dir() -> PathBuf {
+    std::env::var_os("RECO_DATASETS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../../shared/datasets"
+            ))
+        })
+}
+
+fn movielens() -> Option<Set> {
+    let dir = datasets_dir().join("ml-latest-small");
+    if !dir.is_dir() {
+        eprintln!("MovieLens not found at {}: skipping it", dir.display());
+        return None;
+    }
+    let (data, _) = reco_data::read::movielens::read(&dir, Default::default()).unwrap();
+    let snap = reco_data::derive(&data, 7);
+    let mut base: Vec<Vec<f32>> = snap
+        .items
+        .iter()
+        .filter_map(|i| i.embedding.as_ref().map(|e| e.as_slice().to_vec()))
+        .collect();
+    let mut qs: Vec<Vec<f32>> = snap
+        .users
+        .iter()
+        .filter_map(|u| u.embedding.as_ref().map(|e| e.as_slice().to_vec()))
+        .collect();
+    base.iter_mut().for_each(|v| normalise(v));
+    qs.iter_mut().for_each(|v| normalise(v));
+    Some((base, qs))
+}
+
+struct Point {
+    ef: usize,
+    recall: f64,
+    qps: f64,
+    p99_us: f64,
+}
+
+fn recall(truth: &[Vec<u32>], found: &[Vec<u32>]) -> f64 {
+    let hits: usize = truth
+        .iter()
+        .zip(found)
+        .map(|(t, f)| f.iter().filter(|x| t.contains(x)).count())
+        .sum();
+    hits as f64 / (truth.len() * K) as f64
+}
+
+fn ours(
+    base: &[Vec<f32>],
+    qs: &[Vec<f32>],
+    truth: &[Vec<u32>],
+    rt: &tokio::runtime::Runtime,
+) -> (f64, Vec<Point>) {
+    let params = HnswParams {
+        m: M,
+        ef_construction: EF_CONSTRUCTION,
+        ef_search: EFS[0],
+    };
+    let index = HnswIndex::new(64, Metric::InnerProduct, params).unwrap();
+    let items: Vec<IndexedItem> = base
+        .iter()
+        .enumerate()
+        .map(|(i, v)| IndexedItem {
+            item_id: ItemId::parse("i", i.to_string()).unwrap(),
+            vector: Embedding::parse("v", v.clone()).unwrap(),
+            categories: vec![],
+        })
+        .collect();
+    let started = Instant::now();
+    for chunk in items.chunks(10_000) {
+        rt.block_on(index.upsert(chunk.to_vec())).unwrap();
+    }
+    let build = started.elapsed().as_secs_f64();
+    let queries: Vec<Embedding> = qs
+        .iter()
+        .map(|q| Embedding::parse("q", q.clone()).unwrap())
+        .collect();
+    let none = ItemFilter::default();
+    let points = EFS
+        .iter()
+        .map(|&ef| {
+            index.set_ef_search(ef);
+            let mut h = Histogram::<u64>::new(3).unwrap();
+            let started = Instant::now();
+            let found: Vec<Vec<u32>> = queries
+                .iter()
+                .map(|q| {
+                    let t = Instant::now();
+                    let hits = rt.block_on(index.search(q, K, &none)).unwrap();
+                    h.record(t.elapsed().as_nanos() as u64).unwrap();
+                    hits.iter()
+                        .map(|h| h.item_id.as_str().parse().unwrap())
+                        .collect()
+                })
+                .collect();
+            let secs = started.elapsed().as_secs_f64();
+            Point {
+                ef,
+                recall: recall(truth, &found),
+                qps: qs.len() as f64 / secs,
+                p99_us: h.value_at_quantile(0.99) as f64 / 1000.0,
+            }
+        })
+        .collect();
+    (build, points)
+}
+
+fn python() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("RECO_PYTHON") {
+        return Some(PathBuf::from(p));
+    }
+    let venv = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../.tools/venv/bin/python"
+    ));
+    venv.exists().then_some(venv)
+}
+
+fn faiss(
+    dir: &Path,
+    base: &[Vec<f32>],
+    qs: &[Vec<f32>],
+    truth: &[Vec<u32>],
+) -> Option<(f64, Vec<Point>)> {
+    let Some(py) = python() else {
+        eprintln!(
+            "NOT RUN: faiss comparison (no .tools/venv; scripts/test.sh makes it, or set RECO_PYTHON)"
+        );
+        return None;
+    };
+    let has = |py: &Path| {
+        Command::new(py)
+            .args(["-c", "import faiss, numpy"])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !has(&py) {
+        eprintln!("installing faiss-cpu and numpy into {}", py.display());
+        let ok = Command::new(&py)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "faiss-cpu>=1.8,<2",
+                "numpy",
+            ])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok || !has(&py) {
+            eprintln!("NOT RUN: faiss comparison (faiss-cpu did not install)");
+            return None;
+        }
+    }
+    let write = |name: &str, bytes: Vec<u8>| {
+        let p = dir.join(name);
+        std::fs::File::create(&p)
+            .unwrap()
+            .write_all(&bytes)
+            .unwrap();
+        p
+    };
+    let f32s = |vs: &[Vec<f32>]| {
+        vs.iter()
+            .flatten()
+            .flat_map(|x| x.to_le_bytes())
+            .collect::<Vec<u8>>()
+    };
+    let b = write("base.f32", f32s(base));
+    let q = write("queries.f32", f32s(qs));
+    let t = write(
+        "truth.u32",
+        truth
+            .iter()
+            .flatten()
+            .flat_map(|x| x.to_le_bytes())
+            .collect(),
+    );
+    let efs: Vec<String> = EFS.iter().map(|e| e.to_string()).collect();
+    let out = Command::new(&py)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/benches/faiss_hnsw.py"
+        ))
+        .args([
+            b.to_str().unwrap(),
+            q.to_str().unwrap(),
+            t.to_str().unwrap(),
+            "64",
+            &K.to_string(),
+            &M.to_string(),
+            &EF_CONSTRUCTION.to_string(),
+            &efs.join(","),
+        ])
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        eprintln!("faiss run failed: {}", String::from_utf8_lossy(&out.stderr));
+        return None;
+    }
+    let mut build = 0.0;
+    let points = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            build = v["build_s"].as_f64().unwrap();
+            Point {
+                ef: v["ef"].as_u64().unwrap() as usize,
+                recall: v["recall"].as_f64().unwrap(),
+                qps: v["qps"].as_f64().unwrap(),
+                p99_us: v["p99_us"].as_f64().unwrap(),
+            }
+        })
+        .collect();
+    Some((build, points))
+}
+
+/// The first point (smallest ef) at the target recall.
+fn at_target(points: &[Point]) -> Option<&Point> {
+    points.iter().find(|p| p.recall >= TARGET_RECALL)
+}
+
+fn run(name: &str, base: Vec<Vec<f32>>, qs: Vec<Vec<f32>>, rt: &tokio::runtime::Runtime) {
+    println!(
+        "{name}: {} vectors x 64d, {} queries, k={K}, m={M}, ef_construction={EF_CONSTRUCTION}",
+        base.len(),
+        qs.len()
+    );
+    let truth: Vec<Vec<u32>> = qs.iter().map(|q| exact(&base, q)).collect();
+    let (build, mine) = ours(&base, &qs, &truth, rt);
+    println!("  reco hnsw (usearch): built in {build:.1} s on one thread");
+    for p in &mine {
+        println!(
+            "    ef {:>3}: recall@100 {:.4}  {:>6.0} QPS/core  p99 {:>6.0} us",
+            p.ef, p.recall, p.qps, p.p99_us
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let theirs = faiss(dir.path(), &base, &qs, &truth);
+    if let Some((build, theirs)) = &theirs {
+        println!("  faiss IndexHNSWFlat: built in {build:.1} s on one thread");
+        for p in theirs {
+            println!(
+                "    ef {:>3}: recall@100 {:.4}  {:>6.0} QPS/core  p99 {:>6.0} us",
+                p.ef, p.recall, p.qps, p.p99_us
+            );
+        }
+    }
+    match (
+        at_target(&mine),
+        theirs.as_ref().and_then(|(_, t)| at_target(t)),
+    ) {
+        (Some(a), Some(b)) => println!(
+            "  at recall >= {TARGET_RECALL}: reco ef {} {:.0} QPS (recall {:.4}), faiss ef {} {:.0} QPS (recall {:.4}): ratio {:.2}",
+            a.ef,
+            a.qps,
+            a.recall,
+            b.ef,
+            b.qps,
+            b.recall,
+            a.qps / b.qps
+        ),
+        (a, b) => println!(
+            "  recall {TARGET_RECALL} reached: reco {}, faiss {}",
+            a.is_some(),
+            b.is_some()
+        ),
+    }
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    if let Some((base, qs)) = movielens() {
+        run("MovieLens item embeddings", base, qs, &rt);
+    }
+    let n = std::env::var("RECO_BENCH_VECTORS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
+    let (base, qs) = clustered(n, 1000);
+    run("synthetic clustered", base, qs, &rt);
+}
