@@ -49,6 +49,9 @@ impl Default for HnswParams {
     }
 }
 
+/// Batches at least this large are inserted from several threads.
+const PARALLEL_FROM: usize = 256;
+
 /// A filter that fewer items than this pass is answered by exact search over them.
 const EXACT_BELOW: usize = 2_000;
 
@@ -297,6 +300,7 @@ impl HnswIndex {
                 .map_err(|e| backend("reserve", e))?;
         }
         let n = items.len();
+        let mut vectors: Vec<(u64, Embedding)> = Vec::with_capacity(n);
         for item in items {
             if let Some(old) = inner.key_of.remove(&item.item_id) {
                 inner.index.remove(old).map_err(|e| backend("remove", e))?;
@@ -305,10 +309,6 @@ impl HnswIndex {
                 }
             }
             let key = inner.meta.len() as u64;
-            inner
-                .index
-                .add(key, item.vector.as_slice())
-                .map_err(|e| backend("add", e))?;
             for c in &item.categories {
                 *inner.per_category.entry(c.clone()).or_default() += 1;
             }
@@ -317,6 +317,33 @@ impl HnswIndex {
                 id: item.item_id,
                 categories: item.categories,
             }));
+            vectors.push((key, item.vector));
+        }
+        // Graph insertion is the cost of a load; usearch inserts from several threads at once, so a large batch
+        // is spread over the cores (under the write lock, as a small one).
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let index = &inner.index;
+        let add = |part: &[(u64, Embedding)]| -> Result<()> {
+            for (key, v) in part {
+                index
+                    .add(*key, v.as_slice())
+                    .map_err(|e| backend("add", e))?;
+            }
+            Ok(())
+        };
+        if workers > 1 && vectors.len() >= PARALLEL_FROM {
+            std::thread::scope(|s| {
+                let parts: Vec<_> = vectors
+                    .chunks(vectors.len().div_ceil(workers))
+                    .map(|part| s.spawn(move || add(part)))
+                    .collect();
+                parts.into_iter().try_for_each(|p| {
+                    p.join()
+                        .map_err(|_| backend("add", "an insert thread panicked"))?
+                })
+            })?;
+        } else {
+            add(&vectors)?;
         }
         inner.version += 1;
         Ok(n)
