@@ -226,7 +226,7 @@ async fn two_services_call_each_other_over_mutual_tls() {
     vector.server.tls.tls_client_ca = Some(ca.ca_file());
     vector.server.tls.tls_ca = Some(ca.ca_file());
     let (vector_addr, stop_vector, vector_task) =
-        serve(reco_vector_recall::build(&vector).unwrap()).await;
+        serve(reco_vector_recall::build(&vector).await.unwrap()).await;
     let mut search = VectorRecallClient::new(
         connect(&vector_addr, &ca.ca_file(), Some((&client.0, &client.1)))
             .await
@@ -322,7 +322,7 @@ async fn two_services_call_each_other_over_mutual_tls() {
     vector.server.tls.tls_ca = Some(ca.ca_file());
     vector.server.tls.tls_reload_ms = 50;
     let (vector_addr, stop_vector, vector_task) =
-        serve(reco_vector_recall::build(&vector).unwrap()).await;
+        serve(reco_vector_recall::build(&vector).await.unwrap()).await;
     let mut search = VectorRecallClient::new(
         connect(&vector_addr, &bundle, Some((&client.0, &client.1)))
             .await

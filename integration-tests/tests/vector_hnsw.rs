@@ -20,7 +20,7 @@ async fn start(
         ..Default::default()
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = reco_vector_recall::build(&cfg).unwrap();
+    let server = reco_vector_recall::build(&cfg).await.unwrap();
     let task = tokio::spawn(async move {
         server
             .serve(listener, async {

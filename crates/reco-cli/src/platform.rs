@@ -160,7 +160,7 @@ impl Platform {
             ("cache", reco_cache::build(&cfg.cache)?, cache_l),
             (
                 "vector-recall",
-                reco_vector_recall::build(&cfg.vector)?,
+                reco_vector_recall::build(&cfg.vector).await?,
                 vector_l,
             ),
             (

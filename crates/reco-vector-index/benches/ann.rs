@@ -27,12 +27,12 @@ use reco_vector_index::{HnswIndex, HnswParams, IndexedItem, Metric, VectorIndex}
 const K: usize = 100;
 const M: usize = 16;
 const EF_CONSTRUCTION: usize = 256;
-const EFS: [usize; 6] = [100, 128, 160, 200, 256, 320];
+const EFS: [usize; 8] = [64, 100, 128, 160, 200, 256, 320, 400];
 const TARGET_RECALL: f64 = 0.95;
 /// Synthetic clusters and their spread (unit-variance centres): enough overlap that a query's 100 nearest span
 /// several clusters, as real embeddings do; tight, separate clusters make every index look perfect.
 const CLUSTERS: usize = 5_000;
-const SPREAD: f32 = 1.0;
+const SPREAD: f32 = 0.5;
 
 fn normalise(v: &mut [f32]) {
     let n = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);

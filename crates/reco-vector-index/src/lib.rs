@@ -6,6 +6,7 @@
 
 mod exact;
 mod hnsw;
+pub mod opensearch;
 pub mod suite;
 mod versioned;
 
@@ -14,7 +15,8 @@ use reco_types::{Embedding, ItemFilter, ItemId, Name};
 
 pub use exact::ExactIndex;
 pub use hnsw::{HnswIndex, HnswParams};
-pub use versioned::{INITIAL_VERSION, UnknownVersion, VersionedIndex};
+pub use opensearch::{Engine, OpenSearchCluster, OpenSearchConfig, OpenSearchIndex};
+pub use versioned::{ActivateError, INITIAL_VERSION, UnknownVersion, VersionedIndex, Writer};
 
 /// Largest k a search may ask for.
 pub const MAX_K: usize = 1000;
@@ -112,6 +114,11 @@ pub trait VectorIndex: Send + Sync + 'static {
     /// A fresh copy of this index's items, built while this one keeps serving (None: nothing to rebuild).
     fn rebuilt(&self) -> Result<Option<std::sync::Arc<dyn VectorIndex>>> {
         Ok(None)
+    }
+    /// Called when this (staged) index is about to become the serving one: a remote backend points its alias
+    /// here, so every replica serves it too.
+    async fn promote(&self) -> Result<()> {
+        Ok(())
     }
     /// Share of the structure held by removed or replaced items: what a rebuild would reclaim.
     fn garbage(&self) -> f64 {

@@ -11,7 +11,7 @@ use crate::VectorIndex;
 /// The name of the index a fresh service serves.
 pub const INITIAL_VERSION: &str = "v1";
 
-type Factory = Box<dyn Fn() -> crate::Result<Arc<dyn VectorIndex>> + Send + Sync>;
+type Factory = Box<dyn Fn(&str) -> crate::Result<Arc<dyn VectorIndex>> + Send + Sync>;
 
 /// An index to write, holding off rebuild swaps until dropped.
 pub struct Writer {
@@ -40,18 +40,18 @@ pub struct VersionedIndex {
 pub struct UnknownVersion(pub String);
 
 impl VersionedIndex {
-    /// Serves an empty index from `make`, which also builds every staging index.
+    /// Serves an empty index from `make`, which also builds every staging index (given its version).
     pub fn new(
-        make: impl Fn() -> crate::Result<Arc<dyn VectorIndex>> + Send + Sync + 'static,
+        make: impl Fn(&str) -> crate::Result<Arc<dyn VectorIndex>> + Send + Sync + 'static,
     ) -> crate::Result<Self> {
-        Self::serving_from(INITIAL_VERSION, make()?, make)
+        Self::serving_from(INITIAL_VERSION, make(INITIAL_VERSION)?, make)
     }
 
     /// Serves `index` (loaded from disk, say) as `version`; `make` builds staging indexes.
     pub fn serving_from(
         version: &str,
         index: Arc<dyn VectorIndex>,
-        make: impl Fn() -> crate::Result<Arc<dyn VectorIndex>> + Send + Sync + 'static,
+        make: impl Fn(&str) -> crate::Result<Arc<dyn VectorIndex>> + Send + Sync + 'static,
     ) -> crate::Result<Self> {
         Ok(Self {
             serving: RwLock::new((version.to_string(), index)),
@@ -82,7 +82,7 @@ impl VersionedIndex {
                     match staging.get(v) {
                         Some(i) => i.clone(),
                         None => {
-                            let i = (self.make)()?;
+                            let i = (self.make)(v)?;
                             staging.insert(v.to_string(), i.clone());
                             i
                         }
@@ -120,20 +120,33 @@ impl VersionedIndex {
         Ok(true)
     }
 
-    /// Makes a staged version the serving one; returns the version it replaced.
-    pub fn activate(&self, version: &str) -> Result<String, UnknownVersion> {
+    /// Makes a staged version the serving one; returns the version it replaced. The staged index is promoted first
+    /// (a remote backend swaps its alias); if that fails, it stays staged and the serving one keeps serving.
+    pub async fn activate(&self, version: &str) -> Result<String, ActivateError> {
         if self.serving.read().0 == version {
             return Ok(version.to_string());
         }
         let staged = self
             .staging
             .lock()
-            .remove(version)
+            .get(version)
+            .cloned()
             .ok_or_else(|| UnknownVersion(version.to_string()))?;
+        staged.promote().await?;
+        self.staging.lock().remove(version);
         let mut serving = self.serving.write();
         let previous = std::mem::replace(&mut *serving, (version.to_string(), staged));
         Ok(previous.0)
     }
+}
+
+/// Why an activation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    #[error(transparent)]
+    Unknown(#[from] UnknownVersion),
+    #[error(transparent)]
+    Backend(#[from] crate::VectorIndexError),
 }
 
 #[cfg(test)]
@@ -153,7 +166,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_staged_version_serves_only_once_activated_and_searches_never_see_it_half_built() {
-        let idx = VersionedIndex::new(|| Ok(Arc::new(ExactIndex::new(2, Metric::Cosine)))).unwrap();
+        let idx =
+            VersionedIndex::new(|_| Ok(Arc::new(ExactIndex::new(2, Metric::Cosine)))).unwrap();
         idx.for_write(None)
             .await
             .unwrap()
@@ -181,7 +195,7 @@ mod tests {
             .upsert(vec![item("new-2")])
             .await
             .unwrap();
-        assert_eq!(idx.activate("next").unwrap(), "v1");
+        assert_eq!(idx.activate("next").await.unwrap(), "v1");
         assert_eq!(search(&idx).await.len(), 2);
         assert_eq!(
             held.search(q, 10, &ItemFilter::default())
@@ -190,7 +204,7 @@ mod tests {
                 .len(),
             1
         );
-        assert!(idx.activate("never").is_err());
+        assert!(idx.activate("never").await.is_err());
         assert_eq!(idx.serving().0, "next");
     }
 }

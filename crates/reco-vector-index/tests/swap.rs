@@ -30,7 +30,7 @@ fn items(prefix: &str, n: usize, seed: u64) -> Vec<IndexedItem> {
 
 fn versioned() -> Arc<VersionedIndex> {
     Arc::new(
-        VersionedIndex::new(|| {
+        VersionedIndex::new(|_| {
             Ok(
                 Arc::new(HnswIndex::new(DIM, Metric::Cosine, HnswParams::default())?)
                     as Arc<dyn VectorIndex>,
@@ -98,7 +98,7 @@ async fn searches_during_activation_and_rebuild_all_see_one_whole_index() {
             .unwrap();
         tokio::task::yield_now().await;
     }
-    assert_eq!(index.activate("v2").unwrap(), "v1");
+    assert_eq!(index.activate("v2").await.unwrap(), "v1");
     // Remove 40% of it, then rebuild: the rebuilt graph carries no removed node.
     let gone: Vec<ItemId> = (0..1200)
         .map(|i| ItemId::parse("i", format!("new-{}", i * 2 + 1)).unwrap())

@@ -165,7 +165,7 @@ impl VectorApi {
         r: pb::ActivateIndexRequest,
     ) -> Result<pb::ActivateIndexResponse, Error> {
         let v = Name::parse("index_version", &r.index_version)?;
-        let previous_version = self.index.activate(v.as_str())?;
+        let previous_version = self.index.activate(v.as_str()).await?;
         tracing::info!(version = %v, previous = %previous_version, "vector index version activated");
         if let Some(saver) = &self.saver {
             saver.notify_one();

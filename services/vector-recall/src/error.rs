@@ -21,6 +21,15 @@ pub enum Error {
     Features(tonic::Status),
 }
 
+impl From<reco_vector_index::ActivateError> for Error {
+    fn from(e: reco_vector_index::ActivateError) -> Self {
+        match e {
+            reco_vector_index::ActivateError::Unknown(u) => Error::UnknownVersion(u),
+            reco_vector_index::ActivateError::Backend(b) => Error::Index(b),
+        }
+    }
+}
+
 impl From<Error> for tonic::Status {
     fn from(e: Error) -> Self {
         match e {

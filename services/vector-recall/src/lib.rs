@@ -19,7 +19,8 @@ use reco_proto::{
 use reco_server::{GrpcServer, ServerArgs};
 use reco_telemetry::TelemetryArgs;
 use reco_vector_index::{
-    ExactIndex, HnswIndex, HnswParams, INITIAL_VERSION, Metric, VectorIndex, VersionedIndex,
+    Engine, ExactIndex, HnswIndex, HnswParams, INITIAL_VERSION, Metric, OpenSearchCluster,
+    OpenSearchConfig, VectorIndex, VersionedIndex,
 };
 
 pub use api::VectorApi;
@@ -41,6 +42,56 @@ pub enum Backend {
     Hnsw,
     /// Exact brute-force search in process (the ground truth; fine up to tens of thousands of items).
     Exact,
+    /// OpenSearch k-NN (Amazon OpenSearch Service), `--opensearch-*`.
+    Opensearch,
+}
+
+/// The k-NN engine of an OpenSearch index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum EngineArg {
+    Faiss,
+    Lucene,
+}
+
+reco_aws::aws_args!(
+    /// Signing for Amazon OpenSearch Service: with a region, every request is SigV4-signed.
+    OpenSearchAwsArgs,
+    "opensearch",
+    "OPENSEARCH"
+);
+
+/// Flags of the OpenSearch backend.
+#[derive(Clone, Debug, clap::Args)]
+pub struct OpenSearchArgs {
+    /// The domain endpoint (https://search-NAME-ID.REGION.es.amazonaws.com, or http://127.0.0.1:9200).
+    #[arg(
+        long = "opensearch-url",
+        env = "RECO_OPENSEARCH_URL",
+        default_value = "http://127.0.0.1:9200"
+    )]
+    pub url: String,
+    /// The alias searches go through; version V of the index is ALIAS-V, and activation moves the alias.
+    #[arg(
+        long = "opensearch-alias",
+        env = "RECO_OPENSEARCH_ALIAS",
+        default_value = "reco-items"
+    )]
+    pub alias: String,
+    /// The k-NN engine.
+    #[arg(long = "opensearch-engine", env = "RECO_OPENSEARCH_ENGINE", value_enum, default_value_t = EngineArg::Faiss)]
+    pub engine: EngineArg,
+    /// SigV4 service name: es for a domain, aoss for OpenSearch Serverless.
+    #[arg(
+        long = "opensearch-service",
+        env = "RECO_OPENSEARCH_SERVICE",
+        default_value = "es"
+    )]
+    pub service: String,
+    /// Sign requests with SigV4 (needs a region: --opensearch-region or the SDK's chain).
+    #[arg(long = "opensearch-sigv4", env = "RECO_OPENSEARCH_SIGV4")]
+    pub sigv4: bool,
+    #[command(flatten)]
+    pub aws: OpenSearchAwsArgs,
 }
 
 /// Flags of the vector-recall service; each also reads `RECO_*` from the environment.
@@ -85,6 +136,8 @@ pub struct Config {
         default_value_t = 0.2
     )]
     pub rebuild_garbage: f64,
+    #[command(flatten)]
+    pub opensearch: OpenSearchArgs,
     /// Dimension of every vector in the index.
     #[arg(long, env = "RECO_VECTOR_DIMENSION", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub dimension: u32,
@@ -118,15 +171,45 @@ impl Config {
     }
 }
 
-/// Opens the configured index: the one saved under `--data-dir` when there is one, else an empty first version.
-pub fn open_index(config: &Config) -> anyhow::Result<Arc<VersionedIndex>> {
+/// Opens the configured index: the one saved under `--data-dir` when there is one, else an empty first version;
+/// on OpenSearch, the version the alias points at (or a new first one, aliased).
+pub async fn open_index(config: &Config) -> anyhow::Result<Arc<VersionedIndex>> {
     let (dimension, metric, params) = (config.dimension as usize, config.metric, config.params());
     Ok(Arc::new(match config.backend {
         Backend::Exact => {
-            VersionedIndex::new(move || Ok(Arc::new(ExactIndex::new(dimension, metric))))?
+            VersionedIndex::new(move |_| Ok(Arc::new(ExactIndex::new(dimension, metric))))?
+        }
+        Backend::Opensearch => {
+            let o = &config.opensearch;
+            let cluster = OpenSearchCluster::connect(OpenSearchConfig {
+                url: o.url.clone(),
+                alias: o.alias.clone(),
+                dimension,
+                metric,
+                engine: match o.engine {
+                    EngineArg::Faiss => Engine::Faiss,
+                    EngineArg::Lucene => Engine::Lucene,
+                },
+                params,
+                aws: o.sigv4.then(|| (&o.aws).into()),
+                service: o.service.clone(),
+                timeout: Duration::from_millis(o.aws.operation_timeout_ms),
+            })
+            .await?;
+            let (version, serving) = match cluster.serving_version().await? {
+                Some(v) => (v.clone(), cluster.version(&v).await?),
+                None => {
+                    let first = cluster.version(INITIAL_VERSION).await?;
+                    first.promote().await?;
+                    (INITIAL_VERSION.to_string(), first)
+                }
+            };
+            VersionedIndex::serving_from(&version, Arc::new(serving), move |v| {
+                Ok(Arc::new(cluster.lazy_version(v)))
+            })?
         }
         Backend::Hnsw => {
-            let make = move || -> reco_vector_index::Result<Arc<dyn VectorIndex>> {
+            let make = move |_: &str| -> reco_vector_index::Result<Arc<dyn VectorIndex>> {
                 Ok(Arc::new(HnswIndex::new(dimension, metric, params)?))
             };
             let saved = match &config.data_dir {
@@ -222,6 +305,6 @@ pub fn server(config: &Config, index: Arc<VersionedIndex>) -> anyhow::Result<Grp
 }
 
 /// Opens the configured index and builds the server.
-pub fn build(config: &Config) -> anyhow::Result<GrpcServer> {
-    server(config, open_index(config)?)
+pub async fn build(config: &Config) -> anyhow::Result<GrpcServer> {
+    server(config, open_index(config).await?)
 }

@@ -11,7 +11,8 @@ async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     let _telemetry = reco_telemetry::init("reco-vector-recall", &config.telemetry)?;
     let listener = tokio::net::TcpListener::bind(config.listen_addr()).await?;
-    reco_vector_recall::build(&config)?
+    reco_vector_recall::build(&config)
+        .await?
         .serve(listener, reco_server::shutdown_signal())
         .await?;
     Ok(())
