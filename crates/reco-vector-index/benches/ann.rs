@@ -134,6 +134,7 @@ fn ours(
         m: M,
         ef_construction: EF_CONSTRUCTION,
         ef_search: EFS[0],
+        ..HnswParams::default()
     };
     let index = HnswIndex::new(64, Metric::InnerProduct, params).unwrap();
     let items: Vec<IndexedItem> = base
@@ -316,7 +317,10 @@ fn run(name: &str, base: Vec<Vec<f32>>, qs: Vec<Vec<f32>>, rt: &tokio::runtime::
     let truth: Vec<Vec<u32>> = qs.iter().map(|q| exact(&base, q)).collect();
     let (build, mine) = ours(&base, &qs, &truth, rt);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    println!("  reco hnsw (usearch): built in {build:.1} s ({cores} threads)");
+    println!(
+        "  reco hnsw (usearch, vectors stored as {:?}): built in {build:.1} s ({cores} threads)",
+        HnswParams::default().precision
+    );
     for p in &mine {
         println!(
             "    ef {:>3}: recall@100 {:.4}  {:>6.0} QPS/core  p99 {:>6.0} us",

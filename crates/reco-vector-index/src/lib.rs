@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use reco_types::{Embedding, ItemFilter, ItemId, Name};
 
 pub use exact::ExactIndex;
-pub use hnsw::{HnswIndex, HnswParams};
+pub use hnsw::{HnswIndex, HnswParams, Precision};
 pub use opensearch::{Engine, OpenSearchCluster, OpenSearchConfig, OpenSearchIndex};
 pub use versioned::{ActivateError, INITIAL_VERSION, UnknownVersion, VersionedIndex, Writer};
 
@@ -61,6 +61,15 @@ pub enum VectorIndexError {
         field: String,
         got: usize,
         expected: usize,
+    },
+    /// A component is beyond what the index stores (f16 precision).
+    #[error(
+        "{field} holds {value}, beyond the index's precision limit of ±{limit} (use --hnsw-precision f32)"
+    )]
+    Range {
+        field: String,
+        value: f32,
+        limit: f32,
     },
     /// The backend failed or could not be reached.
     #[error("vector backend failed: {0}")]

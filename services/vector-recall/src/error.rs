@@ -35,7 +35,7 @@ impl From<Error> for tonic::Status {
         match e {
             Error::Invalid(v) => reco_server::invalid_argument(v),
             Error::Index(i) => match i {
-                VectorIndexError::Dimension { .. } => {
+                VectorIndexError::Dimension { .. } | VectorIndexError::Range { .. } => {
                     tonic::Status::invalid_argument(i.to_string())
                 }
                 VectorIndexError::Backend(_) => tonic::Status::unavailable(i.to_string()),

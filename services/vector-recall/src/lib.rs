@@ -20,7 +20,7 @@ use reco_server::{GrpcServer, ServerArgs};
 use reco_telemetry::TelemetryArgs;
 use reco_vector_index::{
     Engine, ExactIndex, HnswIndex, HnswParams, INITIAL_VERSION, Metric, OpenSearchCluster,
-    OpenSearchConfig, VectorIndex, VersionedIndex,
+    OpenSearchConfig, Precision, VectorIndex, VersionedIndex,
 };
 
 pub use api::VectorApi;
@@ -136,6 +136,9 @@ pub struct Config {
         default_value_t = 0.2
     )]
     pub rebuild_garbage: f64,
+    /// How the HNSW graph stores vectors: f16 (half the memory, faster; components within ±65,504) or f32.
+    #[arg(long = "hnsw-precision", env = "RECO_HNSW_PRECISION", value_enum, default_value_t = PrecisionArg::F16)]
+    pub hnsw_precision: PrecisionArg,
     #[command(flatten)]
     pub opensearch: OpenSearchArgs,
     /// Dimension of every vector in the index.
@@ -167,8 +170,19 @@ impl Config {
             m: self.hnsw_m as usize,
             ef_construction: self.hnsw_ef_construction as usize,
             ef_search: self.hnsw_ef_search as usize,
+            precision: match self.hnsw_precision {
+                PrecisionArg::F32 => Precision::F32,
+                PrecisionArg::F16 => Precision::F16,
+            },
         }
     }
+}
+
+/// How the HNSW graph stores vectors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum PrecisionArg {
+    F32,
+    F16,
 }
 
 /// Opens the configured index: the one saved under `--data-dir` when there is one, else an empty first version;
