@@ -3,6 +3,10 @@
 //! `RECO_REQUIRE_<NAME>=1` (set by `scripts/test.sh`) a missing binary panics; without it the test prints that it
 //! did not run and returns.
 
+mod opensearch;
+
+pub use opensearch::OpenSearchStub;
+
 use std::{
     net::{SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
