@@ -157,6 +157,41 @@ fn every_service_has_probes_resources_and_a_service_on_its_port() {
     }
 }
 
+/// The environment variables a service's flags read.
+fn envs_of(cmd: clap::Command) -> Vec<String> {
+    cmd.get_arguments()
+        .filter_map(|a| a.get_env())
+        .map(|e| e.to_string_lossy().into_owned())
+        .collect()
+}
+
+#[test]
+fn every_configmap_variable_is_one_its_service_reads() {
+    use clap::CommandFactory;
+    let docs = docs();
+    let config_maps = by_kind(&docs, "ConfigMap");
+    for (service, cmd) in [
+        ("gateway", reco_gateway::Config::command()),
+        ("feature", reco_feature::Config::command()),
+        ("cache", reco_cache::Config::command()),
+        ("vector-recall", reco_vector_recall::Config::command()),
+        ("graph-recall", reco_graph_recall::Config::command()),
+        ("ranking", reco_ranking::Config::command()),
+    ] {
+        let known = envs_of(cmd);
+        let map = config_maps[&format!("reco-{service}")];
+        if let Some(data) = map["data"].as_hash() {
+            for key in data.keys() {
+                let key = key.as_str().unwrap();
+                assert!(
+                    known.iter().any(|k| k == key),
+                    "reco-{service}'s ConfigMap sets {key}, which the service does not read"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn the_compose_file_builds_every_service_and_wires_the_gateway() {
     let path = workspace_root().join("deploy/compose.yaml");
