@@ -328,30 +328,50 @@ impl HnswIndex {
                 .reserve_capacity_and_threads(needed.max(inner.index.capacity() * 2), threads())
                 .map_err(|e| backend("reserve", e))?;
         }
+        // All or nothing: the new vectors go in under new keys first; only once every one is in do the items
+        // point at them (and replaced ones leave). A failure takes the new keys out again, and the index is as it
+        // was. No search sees the steps: they run under the write lock.
         let n = items.len();
+        let first = inner.meta.len();
         let mut vectors: Vec<(u64, Embedding)> = Vec::with_capacity(n);
+        let mut ids = Vec::with_capacity(n);
         for item in items {
-            if let Some(old) = inner.key_of.remove(&item.item_id) {
+            let key = inner.meta.len() as u64;
+            inner.meta.push(Some(Meta {
+                id: item.item_id.clone(),
+                categories: item.categories,
+            }));
+            ids.push(item.item_id);
+            vectors.push((key, item.vector));
+        }
+        if let Err(e) = Self::add_all(&inner.index, &vectors) {
+            for (key, _) in &vectors {
+                let _ = inner.index.remove(*key);
+            }
+            inner.meta.truncate(first);
+            return Err(e);
+        }
+        for (id, (key, _)) in ids.into_iter().zip(&vectors) {
+            if let Some(old) = inner.key_of.insert(id, *key) {
                 inner.index.remove(old).map_err(|e| backend("remove", e))?;
                 if let Some(m) = inner.meta[old as usize].take() {
                     forget(&mut inner.per_category, &m.categories);
                 }
             }
-            let key = inner.meta.len() as u64;
-            for c in &item.categories {
-                *inner.per_category.entry(c.clone()).or_default() += 1;
+            if let Some(m) = &inner.meta[*key as usize] {
+                for c in &m.categories {
+                    *inner.per_category.entry(c.clone()).or_default() += 1;
+                }
             }
-            inner.key_of.insert(item.item_id.clone(), key);
-            inner.meta.push(Some(Meta {
-                id: item.item_id,
-                categories: item.categories,
-            }));
-            vectors.push((key, item.vector));
         }
-        // Graph insertion is the cost of a load; usearch inserts from several threads at once, so a large batch
-        // is spread over the cores (under the write lock, as a small one).
+        inner.version += 1;
+        Ok(n)
+    }
+
+    /// Adds the vectors to the graph: graph insertion is the cost of a load, and usearch inserts from several
+    /// threads at once, so a large batch is spread over the cores.
+    fn add_all(index: &Index, vectors: &[(u64, Embedding)]) -> Result<()> {
         let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let index = &inner.index;
         let add = |part: &[(u64, Embedding)]| -> Result<()> {
             for (key, v) in part {
                 index
@@ -370,12 +390,10 @@ impl HnswIndex {
                     p.join()
                         .map_err(|_| backend("add", "an insert thread panicked"))?
                 })
-            })?;
+            })
         } else {
-            add(&vectors)?;
+            add(vectors)
         }
-        inner.version += 1;
-        Ok(n)
     }
 }
 
