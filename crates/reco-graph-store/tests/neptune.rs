@@ -3,8 +3,6 @@
 //! of Neptune's documented `{"results": [...]}` answers, timeouts, and the walk's fallback.
 
 use std::{
-    io::{BufRead, BufReader, Read, Write},
-    net::TcpListener,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -14,6 +12,7 @@ use reco_graph_store::{
     CypherGraph, Edge, EdgeKind, GraphStore, GraphStoreError, NeptuneRunner, RecallQuery, Strategy,
     cypher::queries, suite::HOSTILE,
 };
+use reco_test_support::http;
 use reco_types::UserId;
 use serde_json::{Value, json};
 
@@ -26,9 +25,7 @@ struct Seen {
     params: Value,
 }
 
-type Answer = dyn Fn(&str) -> (Duration, Value) + Send + Sync;
-
-/// A keep-alive HTTP/1.1 server on a free port that answers each openCypher request with `answer(query)`.
+/// A stub of Neptune's `/opencypher` endpoint that answers each request with `answer(query)` and keeps what it saw.
 struct Stub {
     url: String,
     seen: Arc<Mutex<Vec<Seen>>>,
@@ -36,16 +33,22 @@ struct Stub {
 
 impl Stub {
     fn start(answer: impl Fn(&str) -> (Duration, Value) + Send + Sync + 'static) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let answer: Arc<Answer> = Arc::new(answer);
         let log = seen.clone();
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(conn) = conn else { return };
-                let (log, answer) = (log.clone(), answer.clone());
-                std::thread::spawn(move || serve(conn, &log, &*answer));
+        let url = http::serve(move |r| {
+            let body: Value = serde_json::from_slice(&r.body).unwrap();
+            let query = body["query"].as_str().unwrap_or("").to_string();
+            let params = serde_json::from_str(body["parameters"].as_str().unwrap_or("{}")).unwrap();
+            log.lock().unwrap().push(Seen {
+                path: r.path.clone(),
+                authorization: r.header("authorization").to_string(),
+                query: query.clone(),
+                params,
+            });
+            let (delay, reply) = answer(&query);
+            http::Reply {
+                delay,
+                ..http::Reply::json(200, reply)
             }
         });
         Self { url, seen }
@@ -53,55 +56,6 @@ impl Stub {
 
     fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
-    }
-}
-
-fn serve(conn: std::net::TcpStream, log: &Mutex<Vec<Seen>>, answer: &Answer) {
-    let mut writer = conn.try_clone().unwrap();
-    let mut reader = BufReader::new(conn);
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-            return;
-        }
-        let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
-        let (mut length, mut authorization) = (0usize, String::new());
-        loop {
-            let mut h = String::new();
-            reader.read_line(&mut h).unwrap();
-            let h = h.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            let (name, value) = h.split_once(':').unwrap();
-            match name.to_ascii_lowercase().as_str() {
-                "content-length" => length = value.trim().parse().unwrap(),
-                "authorization" => authorization = value.trim().to_string(),
-                _ => {}
-            }
-        }
-        let mut body = vec![0; length];
-        reader.read_exact(&mut body).unwrap();
-        let body: Value = serde_json::from_slice(&body).unwrap();
-        let query = body["query"].as_str().unwrap_or("").to_string();
-        let params = serde_json::from_str(body["parameters"].as_str().unwrap_or("{}")).unwrap();
-        log.lock().unwrap().push(Seen {
-            path,
-            authorization,
-            query: query.clone(),
-            params,
-        });
-        let (delay, reply) = answer(&query);
-        std::thread::sleep(delay);
-        let reply = reply.to_string();
-        let head = format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            reply.len()
-        );
-        if writer.write_all(head.as_bytes()).is_err() || writer.write_all(reply.as_bytes()).is_err()
-        {
-            return;
-        }
     }
 }
 

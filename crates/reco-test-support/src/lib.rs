@@ -3,6 +3,7 @@
 //! `RECO_REQUIRE_<NAME>=1` (set by `scripts/test.sh`) a missing binary panics; without it the test prints that it
 //! did not run and returns.
 
+pub mod http;
 mod opensearch;
 
 pub use opensearch::OpenSearchStub;

@@ -6,12 +6,12 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    io::{BufRead, BufReader, Read, Write},
-    net::TcpListener,
     sync::{Arc, Mutex},
 };
 
 use serde_json::{Value, json};
+
+use crate::http::Reply;
 
 #[derive(Default)]
 struct State {
@@ -31,16 +31,23 @@ pub struct OpenSearchStub {
 impl OpenSearchStub {
     /// Starts the stub.
     pub fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
         let state = Arc::new(Mutex::new(State::default()));
         let s = state.clone();
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(conn) = conn else { return };
-                let s = s.clone();
-                std::thread::spawn(move || serve(conn, &s));
-            }
+        let url = crate::http::serve(move |r| {
+            let mut st = s.lock().unwrap();
+            st.log.push((
+                r.method.clone(),
+                r.path.clone(),
+                r.header("authorization").to_string(),
+            ));
+            let (status, body) = answer(
+                &mut st,
+                &r.method,
+                &r.path,
+                r.header("content-type"),
+                &r.body,
+            );
+            Reply::json(status, body)
         });
         Self { url, state }
     }
@@ -78,59 +85,6 @@ impl OpenSearchStub {
             .indices
             .get(index)
             .map_or(0, |(_, d)| d.len())
-    }
-}
-
-fn serve(conn: std::net::TcpStream, state: &Mutex<State>) {
-    let mut writer = conn.try_clone().unwrap();
-    let mut reader = BufReader::new(conn);
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-            return;
-        }
-        let mut parts = line.split_whitespace();
-        let (method, target) = (
-            parts.next().unwrap_or("").to_string(),
-            parts.next().unwrap_or("").to_string(),
-        );
-        let (mut length, mut auth, mut ctype) = (0usize, String::new(), String::new());
-        loop {
-            let mut h = String::new();
-            reader.read_line(&mut h).unwrap();
-            let h = h.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            let (name, value) = h.split_once(':').unwrap();
-            match name.to_ascii_lowercase().as_str() {
-                "content-length" => length = value.trim().parse().unwrap(),
-                "authorization" => auth = value.trim().to_string(),
-                "content-type" => ctype = value.trim().to_string(),
-                _ => {}
-            }
-        }
-        let mut body = vec![0; length];
-        reader.read_exact(&mut body).unwrap();
-        let path = target.split('?').next().unwrap().to_string();
-        let (status, reply) = {
-            let mut st = state.lock().unwrap();
-            st.log.push((method.clone(), path.clone(), auth));
-            answer(&mut st, &method, &path, &ctype, &body)
-        };
-        let reply = if method == "HEAD" {
-            String::new()
-        } else {
-            reply.to_string()
-        };
-        let head = format!(
-            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-            reply.len()
-        );
-        if writer.write_all(head.as_bytes()).is_err() || writer.write_all(reply.as_bytes()).is_err()
-        {
-            return;
-        }
     }
 }
 
