@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use parking_lot::RwLock;
 use reco_types::{Embedding, ItemFilter, ItemId, Name, dot};
 
-use crate::{Hit, IndexStats, IndexedItem, Metric, Result, VectorIndex, VectorIndexError};
+use crate::{Hit, IndexStats, IndexedItem, Metric, Result, VectorIndex};
 
 #[derive(Default)]
 struct Rows {
@@ -53,14 +53,7 @@ impl ExactIndex {
     }
 
     fn check(&self, field: &str, v: &Embedding) -> Result<()> {
-        if v.dimension() != self.dimension {
-            return Err(VectorIndexError::Dimension {
-                field: field.to_string(),
-                got: v.dimension(),
-                expected: self.dimension,
-            });
-        }
-        Ok(())
+        crate::check_dimension(field, v, self.dimension)
     }
 }
 

@@ -288,13 +288,7 @@ impl HnswIndex {
     }
 
     fn check(&self, field: &str, v: &Embedding) -> Result<()> {
-        if v.dimension() != self.dimension {
-            return Err(VectorIndexError::Dimension {
-                field: field.to_string(),
-                got: v.dimension(),
-                expected: self.dimension,
-            });
-        }
+        crate::check_dimension(field, v, self.dimension)?;
         if self.params.precision == Precision::F16
             && let Some(x) = v.as_slice().iter().find(|x| x.abs() > F16_MAX)
         {

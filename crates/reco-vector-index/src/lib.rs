@@ -78,6 +78,18 @@ pub enum VectorIndexError {
 
 pub type Result<T, E = VectorIndexError> = std::result::Result<T, E>;
 
+/// Refuses a vector whose dimension is not the index's, naming the field: the check every backend makes first.
+pub(crate) fn check_dimension(field: &str, v: &Embedding, expected: usize) -> Result<()> {
+    if v.dimension() != expected {
+        return Err(VectorIndexError::Dimension {
+            field: field.to_string(),
+            got: v.dimension(),
+            expected,
+        });
+    }
+    Ok(())
+}
+
 /// An item's vector and categories.
 #[derive(Clone, Debug, PartialEq)]
 pub struct IndexedItem {

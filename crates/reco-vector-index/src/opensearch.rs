@@ -234,15 +234,7 @@ impl OpenSearchIndex {
     }
 
     fn check(&self, field: &str, v: &Embedding) -> Result<()> {
-        let expected = self.cluster.config.dimension;
-        if v.dimension() != expected {
-            return Err(VectorIndexError::Dimension {
-                field: field.to_string(),
-                got: v.dimension(),
-                expected,
-            });
-        }
-        Ok(())
+        crate::check_dimension(field, v, self.cluster.config.dimension)
     }
 
     async fn bulk(&self, lines: Vec<JsonBody<Value>>, what: &str) -> Result<Value> {
