@@ -33,6 +33,7 @@ fn merge_and_diversify(c: &mut Criterion) {
     let policy = MergePolicy {
         max_candidates: 500,
         max_share: HashMap::from([("popular".to_string(), 0.2)]),
+        min_share: HashMap::from([("vector".to_string(), 0.1)]),
     };
     c.bench_function("merge 450 candidates from 4 sources", |b| {
         b.iter_batched(

@@ -3,7 +3,7 @@
 use std::{collections::BTreeMap, sync::Arc};
 
 use reco_proto::gateway::v1::{self as pb, gateway_server::Gateway};
-use reco_types::{FeatureVersion, Scene, UserId, ValidationError};
+use reco_types::{FeatureVersion, ItemId, Scene, UserId, ValidationError};
 use tonic::{Request, Response, Status};
 
 use crate::{
@@ -20,6 +20,10 @@ pub const DEFAULT_COUNT: u32 = 10;
 /// Most context entries, and their sizes.
 const MAX_CONTEXT: usize = 64;
 const MAX_CONTEXT_VALUE: usize = 1024;
+/// Most items one call may ask to have explained.
+const MAX_EXPLAIN_ITEMS: usize = 100;
+/// Most on-demand sources one call may name.
+const MAX_INCLUDE_SOURCES: usize = 16;
 
 /// The Gateway implementation.
 pub struct GatewayApi {
@@ -45,7 +49,35 @@ fn query(
         bypass_cache,
         include_graph,
         feature_version,
+        explain_item_ids,
+        include_sources,
     } = r;
+    if explain_item_ids.len() > MAX_EXPLAIN_ITEMS {
+        return Err(ValidationError::new(
+            "explain_item_ids",
+            format!(
+                "has {} ids, the limit is {MAX_EXPLAIN_ITEMS}",
+                explain_item_ids.len()
+            ),
+        ));
+    }
+    let explain_items = explain_item_ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| ItemId::parse(&format!("explain_item_ids[{i}]"), id))
+        .collect::<Result<Vec<_>, _>>()?;
+    if include_sources.len() > MAX_INCLUDE_SOURCES {
+        return Err(ValidationError::new(
+            "include_sources",
+            format!(
+                "has {} names, the limit is {MAX_INCLUDE_SOURCES}",
+                include_sources.len()
+            ),
+        ));
+    }
+    for (i, name) in include_sources.iter().enumerate() {
+        reco_types::Name::parse(&format!("include_sources[{i}]"), name)?;
+    }
     if context.len() > MAX_CONTEXT {
         return Err(ValidationError::new(
             "context",
@@ -82,8 +114,10 @@ fn query(
         scene: Scene::parse("scene", &scene)?,
         context: ctx,
         explain,
+        explain_items,
         bypass_cache,
         include_graph,
+        include_sources: include_sources.into_iter().collect(),
         feature_version: if feature_version.is_empty() {
             None
         } else {
@@ -103,6 +137,7 @@ fn drop_reason(r: Option<DropReason>) -> pb::DropReason {
         Some(DropReason::Diversity) => pb::DropReason::Diversity,
         Some(DropReason::BelowCut) => pb::DropReason::BelowCut,
         Some(DropReason::NoFeatures) => pb::DropReason::NoFeatures,
+        Some(DropReason::NotRecalled) => pb::DropReason::NotRecalled,
     }
 }
 

@@ -10,12 +10,19 @@ mod api;
 pub mod budget;
 mod error;
 pub mod merge;
+mod metrics;
 pub mod pipeline;
 pub mod recall;
+pub mod resilience;
+pub mod spec;
 mod stage;
 
-use std::{collections::HashSet, net::SocketAddr, sync::Arc, time::Duration};
+use std::{collections::HashSet, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
+pub use api::GatewayApi;
+pub use error::Error;
+pub use pipeline::{Pipeline, PipelineConfig, Rpcs};
+use recall::{CfSource, GraphSource, PopularSource, RecallSource, VectorSource};
 use reco_proto::{
     cache::v1::cache_service_client::CacheServiceClient,
     feature::v1::feature_service_client::FeatureServiceClient,
@@ -26,12 +33,8 @@ use reco_proto::{
 };
 use reco_server::{GrpcServer, ServerArgs, TracedChannel};
 use reco_telemetry::TelemetryArgs;
-use reco_types::ItemId;
-
-pub use api::GatewayApi;
-pub use error::Error;
-pub use pipeline::{Clients, Pipeline, PipelineConfig};
-use recall::{CfSource, GraphSource, PopularSource, RecallSource, VectorSource};
+use resilience::{Breaker, BreakerConfig, HedgeConfig, stage_service};
+use spec::{Mode, PipelineFile, SourceKind, SourcePlan, SourceSpec};
 
 /// The full name of this service's API.
 pub const API: &str = "reco.gateway.v1.Gateway";
@@ -88,6 +91,30 @@ pub struct Config {
     /// Serve the merged recall order without calling ranking (to measure what ranking adds).
     #[arg(long, env = "RECO_NO_RANK")]
     pub no_rank: bool,
+
+    /// A TOML file shaping the pipeline: recall sources (mode, k, budget, scenes, min and max share, fallback
+    /// order), budgets, hedged stages. What it leaves out keeps the value of the flags (docs/configuration.md).
+    #[arg(long, env = "RECO_PIPELINE")]
+    pub pipeline: Option<PathBuf>,
+    /// Fallback sources run while the merged list has fewer candidates than this or than the request's count.
+    #[arg(long, env = "RECO_MIN_CANDIDATES", default_value_t = 0)]
+    pub min_candidates: u32,
+    /// Stages whose calls are hedged: a second call after the stage's observed latency quantile, the first
+    /// answer wins (comma-separated, e.g. recall.vector,hydrate). Off by default.
+    #[arg(long, env = "RECO_HEDGE_STAGES", value_delimiter = ',')]
+    pub hedge_stages: Vec<String>,
+    /// The latency quantile after which a hedged stage sends its second call.
+    #[arg(long, env = "RECO_HEDGE_QUANTILE", default_value_t = 0.95)]
+    pub hedge_quantile: f64,
+    /// Calls a hedged stage observes before it starts hedging.
+    #[arg(long, env = "RECO_HEDGE_MIN_SAMPLES", default_value_t = 100)]
+    pub hedge_min_samples: u64,
+    /// Consecutive failed or timed-out calls that open a downstream's circuit breaker (0 = no breakers).
+    #[arg(long, env = "RECO_BREAKER_FAILURES", default_value_t = 5)]
+    pub breaker_failures: u32,
+    /// How long an open breaker refuses calls before one probe may go through, ms.
+    #[arg(long, env = "RECO_BREAKER_OPEN_MS", default_value_t = 1000)]
+    pub breaker_open_ms: u64,
 
     /// Candidates taken from the user's CF pool.
     #[arg(long, env = "RECO_RECALL_CF_K", default_value_t = 200)]
@@ -147,8 +174,45 @@ impl Config {
         self.server.listen_or(DEFAULT_PORT)
     }
 
-    /// The pipeline's settings; fails on a value that cannot work (a bad blocklist id, a share outside 0..=1).
-    pub fn pipeline(&self) -> anyhow::Result<PipelineConfig> {
+    /// The recall sources the flags describe: cf and vector always, graph on demand (request flag or
+    /// `--graph-scenes`), popular always but at most `--popular-share` of a mixed list.
+    pub fn default_sources(&self) -> Vec<SourceSpec> {
+        let spec = |name: &str, kind, mode, k| SourceSpec {
+            name: name.into(),
+            kind,
+            mode,
+            k,
+            budget_ms: None,
+            scenes: Vec::new(),
+            min_share: 0.0,
+            max_share: 1.0,
+        };
+        vec![
+            spec("cf", SourceKind::Cf, Mode::Always, self.cf_k),
+            spec("vector", SourceKind::Vector, Mode::Always, self.vector_k),
+            SourceSpec {
+                scenes: self
+                    .graph_scenes
+                    .iter()
+                    .filter(|s| !s.is_empty())
+                    .cloned()
+                    .collect(),
+                ..spec("graph", SourceKind::Graph, Mode::OnDemand, self.graph_k)
+            },
+            SourceSpec {
+                max_share: self.popular_share,
+                ..spec("popular", SourceKind::Popular, Mode::Always, self.popular_k)
+            },
+        ]
+    }
+
+    /// The pipeline's plan: the flags, overlaid with `--pipeline` when given; fails on a value that cannot work
+    /// (a bad blocklist id, a share outside 0..=1, an unknown stage to hedge), naming it.
+    pub fn plan(&self) -> anyhow::Result<Plan> {
+        let file = match &self.pipeline {
+            Some(path) => PipelineFile::read(path)?,
+            None => PipelineFile::default(),
+        };
         let ms = Duration::from_millis;
         anyhow::ensure!(
             (0.0..=1.0).contains(&self.popular_share),
@@ -156,39 +220,70 @@ impl Config {
             self.popular_share
         );
         anyhow::ensure!(
-            self.budget_total_ms > 0,
-            "--budget-total-ms must be at least 1"
+            (0.0..1.0).contains(&self.hedge_quantile) && self.hedge_quantile > 0.0,
+            "--hedge-quantile must be between 0 and 1 (exclusive), got {}",
+            self.hedge_quantile
         );
-        let blocklist = self
-            .blocklist
-            .iter()
-            .filter(|s| !s.is_empty())
-            .map(|s| ItemId::parse("--blocklist", s))
-            .collect::<Result<HashSet<_>, _>>()?;
-        Ok(PipelineConfig {
-            total: ms(self.budget_total_ms),
-            features_budget: ms(self.budget_features_ms),
-            cache_budget: ms(self.budget_cache_ms),
-            ranking_budget: ms(self.budget_ranking_ms),
-            rank: !self.no_rank,
-            max_candidates: self.max_candidates as usize,
-            popular_share: self.popular_share,
-            per_category: self.per_category as usize,
-            blocklist,
+        let total = file.total_ms.unwrap_or(self.budget_total_ms);
+        anyhow::ensure!(total > 0, "the total budget must be at least 1 ms");
+        let max_candidates = file.max_candidates.unwrap_or(self.max_candidates);
+        anyhow::ensure!(
+            (1..=reco_types::MAX_CANDIDATES as u32).contains(&max_candidates),
+            "max_candidates must be between 1 and {}, got {max_candidates}",
+            reco_types::MAX_CANDIDATES
+        );
+        let specs = file.recall.unwrap_or_else(|| self.default_sources());
+        let sources = spec::validate_sources(&specs, |kind| match kind {
+            SourceKind::Cf => ms(1),
+            SourceKind::Vector => ms(self.budget_vector_ms),
+            SourceKind::Graph => ms(self.budget_graph_ms),
+            SourceKind::Popular => ms(self.budget_features_ms),
+        })?;
+        let hedged =
+            spec::validate_hedge(file.hedge.as_ref().unwrap_or(&self.hedge_stages), &sources)?;
+        let pipeline = PipelineConfig {
+            total: ms(total),
+            features_budget: ms(file.features_ms.unwrap_or(self.budget_features_ms)),
+            cache_budget: ms(file.cache_ms.unwrap_or(self.budget_cache_ms)),
+            ranking_budget: ms(file.ranking_ms.unwrap_or(self.budget_ranking_ms)),
+            rank: file.rank.unwrap_or(!self.no_rank),
+            max_candidates: max_candidates as usize,
+            min_candidates: file.min_candidates.unwrap_or(self.min_candidates) as usize,
+            per_category: file.per_category.unwrap_or(self.per_category) as usize,
+            blocklist: spec::blocklist(file.blocklist.as_ref().unwrap_or(&self.blocklist))?,
             rate_limit: (self.rate_limit > 0)
                 .then(|| (self.rate_limit, ms(self.rate_window_ms.max(1)))),
             rate_limit_fail_open: !self.rate_limit_fail_closed,
             frequency_cap: (self.frequency_cap > 0)
                 .then(|| (self.frequency_cap, ms(self.frequency_window_ms.max(1)))),
             result_ttl: ms(self.result_ttl_ms),
-            graph_scenes: self
-                .graph_scenes
-                .iter()
-                .filter(|s| !s.is_empty())
-                .cloned()
-                .collect(),
+        };
+        Ok(Plan {
+            pipeline,
+            sources,
+            hedged,
+            hedge: HedgeConfig {
+                quantile: self.hedge_quantile,
+                min_samples: self.hedge_min_samples,
+                ..HedgeConfig::default()
+            },
+            breaker: BreakerConfig {
+                failures: self.breaker_failures,
+                open_for: ms(self.breaker_open_ms.max(1)),
+            },
         })
     }
+}
+
+/// Everything the pipeline is built from, checked.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub pipeline: PipelineConfig,
+    pub sources: Vec<SourcePlan>,
+    /// Stages whose calls are hedged.
+    pub hedged: HashSet<String>,
+    pub hedge: HedgeConfig,
+    pub breaker: BreakerConfig,
 }
 
 /// One channel per downstream service, shared by every client of it (HTTP/2 multiplexes the calls).
@@ -248,37 +343,115 @@ impl Downstreams {
     }
 }
 
-/// Builds the pipeline over the downstream channels.
+/// A stage's call: the client method through `$svc`'s breaker, hedged when the plan says so.
+macro_rules! rpc {
+    ($plan:expr, $breaker:expr, $stage:expr, $client:expr, $method:ident) => {{
+        let client = $client;
+        let hedge = $plan.hedged.contains($stage).then_some($plan.hedge);
+        stage_service($breaker, hedge, move |c: resilience::Call<_>| {
+            let mut client = client.clone();
+            async move {
+                Ok(client
+                    .$method(stage::request(c.message, c.budget))
+                    .await?
+                    .into_inner())
+            }
+        })
+    }};
+}
+
+/// Builds the pipeline over the downstream channels: one breaker per downstream, every stage's call behind its
+/// downstream's breaker, and the recall sources of the plan.
 pub fn pipeline(config: &Config, d: &Downstreams) -> anyhow::Result<Pipeline> {
-    let ms = Duration::from_millis;
+    let plan = config.plan()?;
+    let breaker = |name| Breaker::new(name, plan.breaker);
+    let (feature_b, cache_b, vector_b, graph_b, ranking_b) = (
+        breaker("feature"),
+        breaker("cache"),
+        breaker("vector-recall"),
+        breaker("graph-recall"),
+        breaker("ranking"),
+    );
     let feature = FeatureServiceClient::new(d.feature.clone());
-    let clients = Clients {
-        feature: feature.clone(),
-        cache: CacheServiceClient::new(d.cache.clone()),
-        ranking: RankingClient::new(d.ranking.clone()),
+    let cache = CacheServiceClient::new(d.cache.clone());
+    let ranking = RankingClient::new(d.ranking.clone());
+    let rpcs = Rpcs {
+        admission: rpc!(plan, &cache_b, "admission", cache.clone(), check_rate_limit),
+        result_cache: rpc!(
+            plan,
+            &cache_b,
+            "result_cache",
+            cache.clone(),
+            get_recommendations
+        ),
+        user_context: rpc!(
+            plan,
+            &feature_b,
+            "user_context.features",
+            feature.clone(),
+            get_user_context
+        ),
+        recent_clicks: rpc!(
+            plan,
+            &cache_b,
+            "user_context.recent_clicks",
+            cache.clone(),
+            get_recent_events
+        ),
+        frequency_cap: rpc!(
+            plan,
+            &cache_b,
+            "frequency_cap",
+            cache.clone(),
+            filter_capped
+        ),
+        hydrate: rpc!(
+            plan,
+            &feature_b,
+            "hydrate",
+            feature.clone(),
+            batch_get_item_features
+        ),
+        rank: rpc!(plan, &ranking_b, "rank", ranking, rank),
+        cache,
+        cache_breaker: cache_b,
     };
-    let sources: Vec<Box<dyn RecallSource>> = vec![
-        Box::new(CfSource::new(config.cf_k as usize)),
-        Box::new(VectorSource {
-            name: reco_types::Name::parse("source", "vector")?,
-            client: VectorRecallClient::new(d.vector.clone()),
-            k: config.vector_k,
-            budget: ms(config.budget_vector_ms),
-        }),
-        Box::new(GraphSource {
-            name: reco_types::Name::parse("source", "graph")?,
-            client: GraphRecallClient::new(d.graph.clone()),
-            k: config.graph_k,
-            budget: ms(config.budget_graph_ms),
-        }),
-        Box::new(PopularSource {
-            name: reco_types::Name::parse("source", "popular")?,
-            client: feature,
-            k: config.popular_k,
-            budget: ms(config.budget_features_ms),
-        }),
-    ];
-    Ok(Pipeline::new(config.pipeline()?, clients, sources))
+    let sources: Vec<Box<dyn RecallSource>> = plan
+        .sources
+        .iter()
+        .map(|p| -> Box<dyn RecallSource> {
+            let stage = p.stage();
+            let plan_ = p.clone();
+            match p.kind {
+                SourceKind::Cf => Box::new(CfSource { plan: plan_ }),
+                SourceKind::Vector => Box::new(VectorSource {
+                    plan: plan_,
+                    search: rpc!(
+                        plan,
+                        &vector_b,
+                        &stage,
+                        VectorRecallClient::new(d.vector.clone()),
+                        search
+                    ),
+                }),
+                SourceKind::Graph => Box::new(GraphSource {
+                    plan: plan_,
+                    recall: rpc!(
+                        plan,
+                        &graph_b,
+                        &stage,
+                        GraphRecallClient::new(d.graph.clone()),
+                        recall
+                    ),
+                }),
+                SourceKind::Popular => Box::new(PopularSource {
+                    plan: plan_,
+                    popular: rpc!(plan, &feature_b, &stage, feature.clone(), get_popular_items),
+                }),
+            }
+        })
+        .collect();
+    Ok(Pipeline::new(plan.pipeline, rpcs, sources))
 }
 
 /// The gateway over a pipeline, ready to serve once its downstreams are.

@@ -24,6 +24,8 @@ pub enum DropReason {
     Diversity,
     BelowCut,
     NoFeatures,
+    /// No recall source returned it (explain only).
+    NotRecalled,
 }
 
 /// A candidate after merging: every source that found it, and its fused recall score.
@@ -50,6 +52,8 @@ pub struct MergePolicy {
     pub max_candidates: usize,
     /// Largest share of the merged list a source may fill, by source name; absent sources are unlimited.
     pub max_share: HashMap<String, f32>,
+    /// Least share of the merged list kept for a source's best candidates, by source name.
+    pub min_share: HashMap<String, f32>,
 }
 
 /// Dedups the sources' lists (keeping every source that found an item), drops seen and blocked items, orders by
@@ -115,41 +119,82 @@ pub fn merge(
             .then_with(|| a.item_id.cmp(&b.item_id))
     });
 
-    // Quotas: an item counts against the source that ranked it best.
+    // Quotas. An item counts against the source that ranked it best. First each source with a minimum share
+    // has its best candidates (by its own ranks) set aside; the rest of the list fills in fused order, each
+    // source up to its maximum share. Maximum shares shape a mix: when only one source found anything, they do
+    // not apply (a cold-start user gets every popular item rather than a fifth of them).
+    let primary = |m: &Merged| {
+        m.sources
+            .first()
+            .map(|s| s.source.as_str().to_string())
+            .unwrap_or_default()
+    };
+    let contributors: HashSet<String> = kept.iter().map(primary).collect();
+    let mixed = contributors.len() > 1;
+    let cap = policy.max_candidates;
+    let share_cap = |share: f32| ((cap as f32) * share).ceil() as usize;
+    let mut reserved = vec![false; kept.len()];
+    let mut n_reserved = 0;
+    let mut min_sources: Vec<(&String, &f32)> = policy
+        .min_share
+        .iter()
+        .filter(|(_, share)| **share > 0.0)
+        .collect();
+    min_sources.sort_by(|a, b| a.0.cmp(b.0));
+    for (source, share) in min_sources {
+        let mut by_rank: Vec<(u32, usize)> = kept
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !reserved[*i])
+            .filter_map(|(i, m)| {
+                m.sources
+                    .iter()
+                    .find(|s| s.source.as_str() == source)
+                    .map(|s| (s.rank, i))
+            })
+            .collect();
+        by_rank.sort_unstable();
+        for (_, i) in by_rank.into_iter().take(share_cap(*share)) {
+            if n_reserved >= cap {
+                break;
+            }
+            reserved[i] = true;
+            n_reserved += 1;
+        }
+    }
     let mut used: HashMap<String, usize> = HashMap::new();
-    let mut out = Vec::with_capacity(policy.max_candidates.min(kept.len()));
-    for m in kept {
-        if out.len() >= policy.max_candidates {
+    let mut free = cap - n_reserved;
+    let mut out = Vec::with_capacity(cap.min(kept.len()));
+    for (i, m) in kept.into_iter().enumerate() {
+        let source = primary(&m);
+        if reserved[i] {
+            *used.entry(source).or_default() += 1;
+            out.push(m);
+            continue;
+        }
+        if free == 0 {
             dropped.push(Dropped {
-                detail: format!(
-                    "beyond the {} candidates passed to ranking",
-                    policy.max_candidates
-                ),
+                detail: format!("beyond the {cap} candidates passed to ranking"),
                 item_id: m.item_id,
                 sources: m.sources,
                 reason: DropReason::Quota,
             });
             continue;
         }
-        let primary = m
-            .sources
-            .first()
-            .map(|s| s.source.as_str().to_string())
-            .unwrap_or_default();
-        if let Some(share) = policy.max_share.get(&primary) {
-            let cap = ((policy.max_candidates as f32) * share).ceil() as usize;
-            let n = used.entry(primary.clone()).or_default();
-            if *n >= cap {
+        if mixed && let Some(share) = policy.max_share.get(&source) {
+            let limit = share_cap(*share);
+            if used.get(&source).copied().unwrap_or(0) >= limit {
                 dropped.push(Dropped {
-                    detail: format!("source {primary} already filled its quota of {cap}"),
+                    detail: format!("source {source} already filled its quota of {limit}"),
                     item_id: m.item_id,
                     sources: m.sources,
                     reason: DropReason::Quota,
                 });
                 continue;
             }
-            *n += 1;
         }
+        *used.entry(source).or_default() += 1;
+        free -= 1;
         out.push(m);
     }
     out
@@ -228,6 +273,7 @@ mod tests {
         MergePolicy {
             max_candidates: max,
             max_share: shares.iter().map(|(s, f)| (s.to_string(), *f)).collect(),
+            min_share: HashMap::new(),
         }
     }
 
@@ -282,6 +328,60 @@ mod tests {
         assert!(reasons.contains(&("a", DropReason::Seen)));
         assert!(reasons.contains(&("b", DropReason::Blocked)));
         assert!(reasons.contains(&("p2", DropReason::Quota)));
+    }
+
+    #[test]
+    fn a_minimum_share_keeps_a_sources_best_candidates_in_a_short_list() {
+        let mut dropped = Vec::new();
+        // cf and graph agree, so their items fuse ahead of everything vector found: without a minimum, vector
+        // would be cut out entirely.
+        let both: Vec<String> = (0..10).map(|i| format!("c{i}")).collect();
+        let both: Vec<&str> = both.iter().map(String::as_str).collect();
+        let without = merge(
+            vec![
+                list("cf", &both),
+                list("graph", &both),
+                list("vector", &["v0", "v1", "v2"]),
+            ],
+            &HashSet::new(),
+            &HashSet::new(),
+            &policy(4, &[]),
+            &mut Vec::new(),
+        );
+        assert!(without.iter().all(|m| m.item_id.as_str().starts_with('c')));
+        let mut p = policy(4, &[]);
+        p.min_share.insert("vector".into(), 0.5);
+        let out = merge(
+            vec![
+                list("cf", &both),
+                list("graph", &both),
+                list("vector", &["v0", "v1", "v2"]),
+            ],
+            &HashSet::new(),
+            &HashSet::new(),
+            &p,
+            &mut dropped,
+        );
+        let mut ids: Vec<_> = out.iter().map(|m| m.item_id.as_str()).collect();
+        ids.sort();
+        assert_eq!(
+            ids,
+            ["c0", "c1", "v0", "v1"],
+            "two slots of four kept for vector's best"
+        );
+    }
+
+    #[test]
+    fn a_maximum_share_does_not_apply_when_one_source_found_everything() {
+        let mut dropped = Vec::new();
+        let out = merge(
+            vec![list("popular", &["p1", "p2", "p3", "p4"])],
+            &HashSet::new(),
+            &HashSet::new(),
+            &policy(4, &[("popular", 0.25)]),
+            &mut dropped,
+        );
+        assert_eq!(out.len(), 4, "a cold-start user gets every popular item");
     }
 
     #[test]

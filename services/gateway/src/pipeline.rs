@@ -20,16 +20,17 @@ use std::{
 use futures::future::join_all;
 use reco_proto::{
     cache::v1::{
-        CheckRateLimitRequest, FilterCappedRequest, GetRecentEventsRequest,
-        GetRecommendationsRequest, PutRecommendationsRequest, RecordImpressionsRequest,
+        CheckRateLimitRequest, CheckRateLimitResponse, FilterCappedRequest, FilterCappedResponse,
+        GetRecentEventsRequest, GetRecentEventsResponse, GetRecommendationsRequest,
+        GetRecommendationsResponse, PutRecommendationsRequest, RecordImpressionsRequest,
         cache_service_client::CacheServiceClient,
     },
     conversions,
     feature::v1::{
-        BatchGetItemFeaturesRequest, GetUserContextRequest, Item,
-        feature_service_client::FeatureServiceClient,
+        BatchGetItemFeaturesRequest, BatchGetItemFeaturesResponse, GetUserContextRequest,
+        GetUserContextResponse, Item,
     },
-    ranking::v1::{RankCandidate, RankRequest, ranking_client::RankingClient},
+    ranking::v1::{RankCandidate, RankRequest, RankResponse},
 };
 use reco_ranker::features as rank_features;
 use reco_server::TracedChannel;
@@ -37,12 +38,15 @@ use reco_types::{
     Candidate, Embedding, FeatureVersion, ItemId, Name, Scene, SourceHit, StageReport, StageStatus,
     UserId,
 };
+use tower::ServiceExt;
 use tracing::warn;
 
 use crate::{
     budget::Deadline,
     merge::{self, DropReason, MergePolicy, Ranked},
     recall::{RecallContext, RecallSource},
+    resilience::{Breaker, BreakerState, Call, StageService},
+    spec::{Mode, SourceKind},
     stage::{self, request},
 };
 
@@ -63,7 +67,8 @@ pub struct PipelineConfig {
     /// Score candidates with the ranking service; off serves the merged recall order (for comparisons).
     pub rank: bool,
     pub max_candidates: usize,
-    pub popular_share: f32,
+    /// Fallback sources run while the merged list is shorter than this (or than the request's count).
+    pub min_candidates: usize,
     pub per_category: usize,
     pub blocklist: HashSet<ItemId>,
     /// Requests per window per user; None turns admission off.
@@ -73,8 +78,6 @@ pub struct PipelineConfig {
     /// Impressions within the window that cap an item; None turns frequency control off.
     pub frequency_cap: Option<(u32, Duration)>,
     pub result_ttl: Duration,
-    /// Scenes that run graph recall without being asked.
-    pub graph_scenes: HashSet<String>,
 }
 
 /// One Recommend call, validated.
@@ -85,8 +88,12 @@ pub struct Query {
     pub scene: Scene,
     pub context: BTreeMap<String, String>,
     pub explain: bool,
+    /// Items to explain (implies `explain`); empty explains every candidate.
+    pub explain_items: Vec<ItemId>,
     pub bypass_cache: bool,
     pub include_graph: bool,
+    /// On-demand recall sources this request asks for, by name.
+    pub include_sources: HashSet<String>,
     pub feature_version: Option<FeatureVersion>,
     pub caller_timeout: Option<Duration>,
 }
@@ -136,28 +143,35 @@ pub enum PipelineError {
     AdmissionUnavailable(String),
 }
 
-/// The gateway's downstream clients.
+/// The calls of the stages other than recall, each behind its downstream's breaker (and hedged if configured).
 #[derive(Clone)]
-pub struct Clients {
-    pub feature: FeatureServiceClient<TracedChannel>,
+pub struct Rpcs {
+    pub admission: StageService<CheckRateLimitRequest, CheckRateLimitResponse>,
+    pub result_cache: StageService<GetRecommendationsRequest, GetRecommendationsResponse>,
+    pub user_context: StageService<GetUserContextRequest, GetUserContextResponse>,
+    pub recent_clicks: StageService<GetRecentEventsRequest, GetRecentEventsResponse>,
+    pub frequency_cap: StageService<FilterCappedRequest, FilterCappedResponse>,
+    pub hydrate: StageService<BatchGetItemFeaturesRequest, BatchGetItemFeaturesResponse>,
+    pub rank: StageService<RankRequest, RankResponse>,
+    /// For the writes after the answer (result cache, impressions), which are not stages.
     pub cache: CacheServiceClient<TracedChannel>,
-    pub ranking: RankingClient<TracedChannel>,
+    pub cache_breaker: Arc<Breaker>,
 }
 
-/// The pipeline: configuration, clients and the recall sources it fans out to.
+/// The pipeline: configuration, the stages' calls and the recall sources it fans out to.
 pub struct Pipeline {
     cfg: PipelineConfig,
-    clients: Clients,
+    rpc: Rpcs,
     sources: Vec<Box<dyn RecallSource>>,
     /// The after-answer writes in flight, so a shutdown can wait for them instead of losing impressions.
     background: tokio_util::task::TaskTracker,
 }
 
 impl Pipeline {
-    pub fn new(cfg: PipelineConfig, clients: Clients, sources: Vec<Box<dyn RecallSource>>) -> Self {
+    pub fn new(cfg: PipelineConfig, rpc: Rpcs, sources: Vec<Box<dyn RecallSource>>) -> Self {
         Self {
             cfg,
-            clients,
+            rpc,
             sources,
             background: tokio_util::task::TaskTracker::new(),
         }
@@ -174,8 +188,30 @@ impl Pipeline {
         async move { tracker.wait().await }
     }
 
-    /// Runs the whole pipeline for one request.
+    /// Runs the whole pipeline for one request, and records its metrics.
     pub async fn recommend(self: &Arc<Self>, q: Query) -> Result<Answer, PipelineError> {
+        let started = Instant::now();
+        let result = self.run(q).await;
+        let outcome = match &result {
+            Ok(a) => {
+                for s in &a.stages {
+                    crate::metrics::stage(&s.stage, s.status, s.elapsed);
+                }
+                if a.from_cache {
+                    "cached"
+                } else if a.degraded {
+                    "degraded"
+                } else {
+                    "ok"
+                }
+            }
+            Err(_) => "refused",
+        };
+        crate::metrics::recommend(outcome, started.elapsed());
+        result
+    }
+
+    async fn run(self: &Arc<Self>, q: Query) -> Result<Answer, PipelineError> {
         let deadline = Deadline::new(Instant::now(), self.cfg.total, q.caller_timeout);
         let mut answer = Answer::default();
         let after_admission = MIN_CACHE + MIN_FEATURES + MIN_RECALL + MIN_HYDRATE + MIN_RANK;
@@ -187,7 +223,7 @@ impl Pipeline {
 
         // result cache
         let after_cache = MIN_FEATURES + MIN_RECALL + MIN_HYDRATE + MIN_RANK;
-        if q.bypass_cache || q.explain {
+        if q.bypass_cache || q.explain || !q.explain_items.is_empty() {
             let why = if q.explain {
                 "explain asks for a fresh answer"
             } else {
@@ -197,18 +233,16 @@ impl Pipeline {
                 .stages
                 .push(StageReport::skipped("result_cache", why));
         } else {
-            let mut cache = self.clients.cache.clone();
             let budget = deadline.carve(self.cfg.cache_budget, after_cache);
             let msg = GetRecommendationsRequest {
                 user_id: q.user_id.to_string(),
                 scene: q.scene.to_string(),
             };
-            let out = stage::run("result_cache", budget, async move {
-                Ok(cache
-                    .get_recommendations(request(msg, budget))
-                    .await?
-                    .into_inner())
-            })
+            let out = stage::run(
+                "result_cache",
+                budget,
+                call(&self.rpc.result_cache, msg, budget),
+            )
             .await;
             let mut report = out.report;
             if let Some(hit) = out.value.filter(|r| r.found) {
@@ -237,8 +271,6 @@ impl Pipeline {
         // user context: features, embedding, pool and sequence from the feature service, clicks from the cache
         let after_context = MIN_RECALL + MIN_HYDRATE + MIN_RANK;
         let (features_out, clicks_out) = {
-            let mut feature = self.clients.feature.clone();
-            let mut cache = self.clients.cache.clone();
             let fb = deadline.carve(self.cfg.features_budget, after_context);
             let cb = deadline.carve(self.cfg.cache_budget, after_context);
             let fmsg = GetUserContextRequest {
@@ -256,18 +288,16 @@ impl Pipeline {
                 limit: 50,
             };
             tokio::join!(
-                stage::run("user_context.features", fb, async move {
-                    Ok(feature
-                        .get_user_context(request(fmsg, fb))
-                        .await?
-                        .into_inner())
-                }),
-                stage::run("user_context.recent_clicks", cb, async move {
-                    Ok(cache
-                        .get_recent_events(request(cmsg, cb))
-                        .await?
-                        .into_inner())
-                }),
+                stage::run(
+                    "user_context.features",
+                    fb,
+                    call(&self.rpc.user_context, fmsg, fb)
+                ),
+                stage::run(
+                    "user_context.recent_clicks",
+                    cb,
+                    call(&self.rpc.recent_clicks, cmsg, cb)
+                ),
             )
         };
         let context_answered = features_out.value.is_some();
@@ -297,64 +327,104 @@ impl Pipeline {
         // Cold start only when the feature service answered that it knows nothing of the user.
         answer.cold_start = context_answered && !ctx.found && recent_items.is_empty();
 
-        // recall, every source at once
+        // recall: every source that runs first, at once; then the fallbacks in order while the list is short
         let rctx = RecallContext {
             user_id: q.user_id.clone(),
             embedding: user_embedding.clone(),
             pool,
             recent_items,
-            include_graph: q.include_graph || self.cfg.graph_scenes.contains(q.scene.as_str()),
         };
         let after_recall = MIN_HYDRATE + MIN_RANK;
-        let recalls = join_all(self.sources.iter().map(|s| {
-            let rctx = &rctx;
-            let budget = deadline.carve(s.budget(), after_recall);
-            async move {
-                match s.skip_reason(rctx) {
-                    Some(why) => (
-                        s.source().clone(),
-                        None,
-                        StageReport::skipped(s.stage(), why),
-                    ),
-                    None => {
-                        let out = stage::run(s.stage(), budget, s.recall(rctx, budget)).await;
-                        let mut report = out.report;
-                        report.candidates_out = out.value.as_ref().map_or(0, |v| v.len() as u32);
-                        (s.source().clone(), out.value, report)
-                    }
-                }
-            }
-        }))
+        let first: Vec<&dyn RecallSource> = self
+            .sources
+            .iter()
+            .map(AsRef::as_ref)
+            .filter(|s| s.plan().mode != Mode::Fallback)
+            .collect();
+        let recalls = join_all(
+            first
+                .iter()
+                .map(|s| self.recall_stage(*s, &q, &rctx, &deadline, after_recall)),
+        )
         .await;
         let mut lists = Vec::new();
-        let mut personal_found = false;
-        for (source, list, report) in recalls {
+        let mut recall_summary = Vec::new();
+        for (list, report) in recalls {
+            recall_summary.push(summary(&report));
             answer.stages.push(report);
-            if let Some(list) = list {
-                personal_found |= source.as_str() != "popular" && !list.is_empty();
-                lists.push(list);
-            }
+            lists.extend(list);
         }
 
         // merge
-        let merge_started = Instant::now();
-        let candidates_in: usize = lists.iter().map(Vec::len).sum();
-        let mut max_share = HashMap::new();
-        if personal_found {
-            // The fallback fills at most its share while personal sources have something to say.
-            max_share.insert("popular".to_string(), self.cfg.popular_share);
-        }
         let policy = MergePolicy {
             max_candidates: self.cfg.max_candidates,
-            max_share,
+            max_share: self
+                .sources
+                .iter()
+                .filter(|s| s.plan().max_share < 1.0)
+                .map(|s| (s.plan().name.to_string(), s.plan().max_share))
+                .collect(),
+            min_share: self
+                .sources
+                .iter()
+                .filter(|s| s.plan().min_share > 0.0)
+                .map(|s| (s.plan().name.to_string(), s.plan().min_share))
+                .collect(),
         };
+        let merge_started = Instant::now();
         let mut dropped = Vec::new();
-        let mut merged = merge::merge(lists, &seen, &self.cfg.blocklist, &policy, &mut dropped);
+        let mut merged = merge::merge(
+            lists.clone(),
+            &seen,
+            &self.cfg.blocklist,
+            &policy,
+            &mut dropped,
+        );
+        let mut merge_elapsed = merge_started.elapsed();
+
+        // fallbacks, in the configured order
+        let needed = self.cfg.min_candidates.max(q.count);
+        for s in self
+            .sources
+            .iter()
+            .filter(|s| s.plan().mode == Mode::Fallback)
+        {
+            let report = if merged.len() >= needed {
+                StageReport::skipped(
+                    &s.plan().stage(),
+                    &format!(
+                        "fallback not needed: {} candidates, {needed} wanted",
+                        merged.len()
+                    ),
+                )
+            } else {
+                let (list, report) = self
+                    .recall_stage(s.as_ref(), &q, &rctx, &deadline, after_recall)
+                    .await;
+                if let Some(list) = list.filter(|l| !l.is_empty()) {
+                    lists.push(list);
+                    let again = Instant::now();
+                    dropped.clear();
+                    merged = merge::merge(
+                        lists.clone(),
+                        &seen,
+                        &self.cfg.blocklist,
+                        &policy,
+                        &mut dropped,
+                    );
+                    merge_elapsed += again.elapsed();
+                }
+                report
+            };
+            recall_summary.push(summary(&report));
+            answer.stages.push(report);
+        }
+        let candidates_in: usize = lists.iter().map(Vec::len).sum();
         answer.stages.push(StageReport {
             stage: "merge".into(),
             status: StageStatus::Ok,
             budget: Duration::ZERO,
-            elapsed: merge_started.elapsed(),
+            elapsed: merge_elapsed,
             candidates_in: candidates_in as u32,
             candidates_out: merged.len() as u32,
             detail: format!(
@@ -368,7 +438,6 @@ impl Pipeline {
         let after_cap = MIN_HYDRATE + MIN_RANK;
         match self.cfg.frequency_cap {
             Some((cap, window)) if !merged.is_empty() => {
-                let mut cache = self.clients.cache.clone();
                 let budget = deadline.carve(self.cfg.cache_budget, after_cap);
                 let msg = FilterCappedRequest {
                     user_id: q.user_id.to_string(),
@@ -376,12 +445,11 @@ impl Pipeline {
                     cap,
                     window_ms: window.as_millis() as u64,
                 };
-                let out = stage::run("frequency_cap", budget, async move {
-                    Ok(cache
-                        .filter_capped(request(msg, budget))
-                        .await?
-                        .into_inner())
-                })
+                let out = stage::run(
+                    "frequency_cap",
+                    budget,
+                    call(&self.rpc.frequency_cap, msg, budget),
+                )
                 .await;
                 let mut report = out.report;
                 report.candidates_in = merged.len() as u32;
@@ -419,7 +487,6 @@ impl Pipeline {
                 .stages
                 .push(StageReport::skipped("hydrate", "no candidates"));
         } else {
-            let mut feature = self.clients.feature.clone();
             let budget = deadline.carve(self.cfg.features_budget, MIN_RANK);
             let msg = BatchGetItemFeaturesRequest {
                 item_ids: merged.iter().map(|m| m.item_id.to_string()).collect(),
@@ -430,13 +497,7 @@ impl Pipeline {
                     .unwrap_or_default(),
                 include_embeddings: true,
             };
-            let out = stage::run("hydrate", budget, async move {
-                Ok(feature
-                    .batch_get_item_features(request(msg, budget))
-                    .await?
-                    .into_inner())
-            })
-            .await;
+            let out = stage::run("hydrate", budget, call(&self.rpc.hydrate, msg, budget)).await;
             let mut report = out.report;
             report.candidates_in = merged.len() as u32;
             if let Some(resp) = out.value {
@@ -488,7 +549,6 @@ impl Pipeline {
                 .stages
                 .push(StageReport::skipped("rank", "ranking is off: recall order"));
         } else {
-            let mut ranking = self.clients.ranking.clone();
             let budget = deadline.carve(self.cfg.ranking_budget, Duration::ZERO);
             let msg = RankRequest {
                 user_id: q.user_id.to_string(),
@@ -501,10 +561,7 @@ impl Pipeline {
                 top_n: 0,
                 context: q.context.clone().into_iter().collect(),
             };
-            let out = stage::run("rank", budget, async move {
-                Ok(ranking.rank(request(msg, budget)).await?.into_inner())
-            })
-            .await;
+            let out = stage::run("rank", budget, call(&self.rpc.rank, msg, budget)).await;
             let mut report = out.report;
             report.candidates_in = merged.len() as u32;
             match out.value {
@@ -589,7 +646,7 @@ impl Pipeline {
             .iter()
             .any(|s| s.status.is_degraded() && s.stage != "admission" && s.stage != "result_cache");
 
-        if q.explain {
+        if q.explain || !q.explain_items.is_empty() {
             let positions: HashMap<&ItemId, u32> = top
                 .iter()
                 .enumerate()
@@ -654,10 +711,63 @@ impl Pipeline {
                     detail: d.detail,
                 });
             }
+            if !q.explain_items.is_empty() {
+                // Only the items asked about, each once (a candidate can be dropped once per merge pass), and a
+                // line for each one no source found.
+                let mut wanted: HashSet<&ItemId> = q.explain_items.iter().collect();
+                answer.explanations.retain(|e| wanted.remove(&e.item_id));
+                for id in q.explain_items.iter().filter(|id| wanted.contains(id)) {
+                    answer.explanations.push(Explanation {
+                        item_id: id.clone(),
+                        sources: Vec::new(),
+                        categories: Vec::new(),
+                        features: BTreeMap::new(),
+                        score: 0.0,
+                        position: 0,
+                        dropped: Some(DropReason::NotRecalled),
+                        detail: format!(
+                            "no recall source returned it ({})",
+                            recall_summary.join("; ")
+                        ),
+                    });
+                }
+            }
         }
 
         self.after_answer(&q, &answer);
         Ok(answer)
+    }
+
+    /// Runs one recall source as a stage: skipped when its mode or the request leaves it out, or it has nothing
+    /// to go on; otherwise under its carved budget.
+    async fn recall_stage(
+        &self,
+        s: &dyn RecallSource,
+        q: &Query,
+        rctx: &RecallContext,
+        deadline: &Deadline,
+        reserve: Duration,
+    ) -> (Option<Vec<Candidate>>, StageReport) {
+        let plan = s.plan();
+        let stage = plan.stage();
+        let asked = q.include_sources.contains(plan.name.as_str())
+            || (q.include_graph && plan.kind == SourceKind::Graph)
+            || plan.scenes.contains(q.scene.as_str());
+        let why = match plan.mode {
+            Mode::Off => Some("off in the pipeline configuration"),
+            Mode::OnDemand if !asked => {
+                Some("on demand: not asked for by the request (include_sources) or its scene")
+            }
+            _ => s.skip_reason(rctx),
+        };
+        if let Some(why) = why {
+            return (None, StageReport::skipped(&stage, why));
+        }
+        let budget = deadline.carve(plan.budget, reserve);
+        let out = stage::run(&stage, budget, s.recall(rctx, budget)).await;
+        let mut report = out.report;
+        report.candidates_out = out.value.as_ref().map_or(0, |v| v.len() as u32);
+        (out.value, report)
     }
 
     async fn admission(
@@ -669,7 +779,6 @@ impl Pipeline {
         let Some((limit, window)) = self.cfg.rate_limit else {
             return Ok(StageReport::skipped("admission", "rate limiting is off"));
         };
-        let mut cache = self.clients.cache.clone();
         let budget = deadline.carve(self.cfg.cache_budget, reserve);
         let msg = CheckRateLimitRequest {
             key: format!("recommend:{}", q.user_id),
@@ -677,13 +786,7 @@ impl Pipeline {
             window_ms: window.as_millis() as u64,
             cost: 1,
         };
-        let out = stage::run("admission", budget, async move {
-            Ok(cache
-                .check_rate_limit(request(msg, budget))
-                .await?
-                .into_inner())
-        })
-        .await;
+        let out = stage::run("admission", budget, call(&self.rpc.admission, msg, budget)).await;
         match out.value {
             Some(d) if !d.allowed => Err(PipelineError::RateLimited {
                 user: q.user_id.clone(),
@@ -704,7 +807,11 @@ impl Pipeline {
         if answer.items.is_empty() {
             return;
         }
-        let mut cache = self.clients.cache.clone();
+        if self.rpc.cache_breaker.state() == BreakerState::Open {
+            // The cache is known to be down: do not queue writes that would only time out.
+            return;
+        }
+        let mut cache = self.rpc.cache.clone();
         let user_id = q.user_id.to_string();
         let scene = q.scene.to_string();
         let items: Vec<_> = answer
@@ -749,5 +856,28 @@ impl Pipeline {
                 warn!(%error, "impression write failed");
             }
         });
+    }
+}
+
+/// A stage's call through its service stack.
+fn call<M, R>(
+    svc: &StageService<M, R>,
+    message: M,
+    budget: Duration,
+) -> impl std::future::Future<Output = Result<R, tonic::Status>> + use<M, R>
+where
+    M: Send + 'static,
+    R: Send + 'static,
+{
+    svc.clone().oneshot(Call { message, budget })
+}
+
+/// How a recall stage went, in a few words, for explaining why an item was not recalled.
+fn summary(r: &StageReport) -> String {
+    match r.status {
+        StageStatus::Ok | StageStatus::Cached => {
+            format!("{} returned {}", r.stage, r.candidates_out)
+        }
+        status => format!("{} {}", r.stage, status.as_str()),
     }
 }

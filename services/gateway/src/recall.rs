@@ -1,10 +1,11 @@
-//! The recall sources the gateway fans out to, behind one trait: each says whether it applies to a request,
-//! and recalls candidates tagged with its name.
+//! The recall sources the gateway fans out to, behind one trait: each is built from its configured plan
+//! ([`crate::spec`]), says whether it has anything to go on for a request, and recalls candidates tagged with its
+//! name.
 //!
 //! ```text
-//!   cf       the user's precomputed pool (already read with the user context: no RPC)
+//!   cf       the user's precomputed pool (already read with the user context: no call)
 //!   vector   vector-recall Search by the user's embedding, or by their recent items
-//!   graph    graph-recall Recall (on demand: the request's include_graph, or a graph scene)
+//!   graph    graph-recall Recall
 //!   popular  feature GetPopularItems: the fallback, and all a cold-start user gets
 //! ```
 
@@ -13,17 +14,18 @@ use std::time::Duration;
 use async_trait::async_trait;
 use reco_proto::{
     common::v1::{ItemFilter, Vector},
-    feature::v1::{GetPopularItemsRequest, feature_service_client::FeatureServiceClient},
-    graph_recall::v1::{RecallRequest, TargetKind, graph_recall_client::GraphRecallClient},
-    vector_recall::v1::{
-        ItemIds, SearchRequest, search_request::Query, vector_recall_client::VectorRecallClient,
-    },
+    feature::v1::{GetPopularItemsRequest, GetPopularItemsResponse},
+    graph_recall::v1::{RecallRequest, RecallResponse, TargetKind},
+    vector_recall::v1::{ItemIds, SearchRequest, SearchResponse, search_request::Query},
 };
-use reco_server::TracedChannel;
 use reco_types::{Candidate, Embedding, ItemId, Name, UserId};
 use tonic::Status;
+use tower::ServiceExt;
 
-use crate::stage::request;
+use crate::{
+    resilience::{Call, StageService},
+    spec::SourcePlan,
+};
 
 /// What recall sources know of the request.
 pub struct RecallContext {
@@ -32,26 +34,17 @@ pub struct RecallContext {
     pub pool: Vec<Candidate>,
     /// Most recent first; also excluded from vector recall.
     pub recent_items: Vec<ItemId>,
-    pub include_graph: bool,
 }
 
 /// One recall source.
 #[async_trait]
 pub trait RecallSource: Send + Sync {
-    /// The stage's name in reports: `recall.<source>`.
-    fn stage(&self) -> &'static str;
-    /// The source name candidates are tagged with.
-    fn source(&self) -> &Name;
-    /// Its configured budget.
-    fn budget(&self) -> Duration;
-    /// Why it does not apply to this request, if it does not.
+    /// Its configuration: name, kind, mode, k, budget, scenes, shares.
+    fn plan(&self) -> &SourcePlan;
+    /// Why it has nothing to go on for this request, if it has not.
     fn skip_reason(&self, ctx: &RecallContext) -> Option<&'static str>;
     async fn recall(&self, ctx: &RecallContext, budget: Duration)
     -> Result<Vec<Candidate>, Status>;
-}
-
-fn name(s: &str) -> Name {
-    Name::parse("source", s).expect("source names are valid constants")
 }
 
 /// Turns (id, score) pairs from a downstream into candidates of `source`, skipping ids that do not validate.
@@ -65,29 +58,13 @@ fn tagged(source: &Name, hits: impl IntoIterator<Item = (String, f32)>) -> Vec<C
 
 /// The collaborative-filtering pool read with the user's context.
 pub struct CfSource {
-    pub name: Name,
-    pub k: usize,
-}
-
-impl CfSource {
-    pub fn new(k: usize) -> Self {
-        Self {
-            name: name("cf"),
-            k,
-        }
-    }
+    pub plan: SourcePlan,
 }
 
 #[async_trait]
 impl RecallSource for CfSource {
-    fn stage(&self) -> &'static str {
-        "recall.cf"
-    }
-    fn source(&self) -> &Name {
-        &self.name
-    }
-    fn budget(&self) -> Duration {
-        Duration::from_millis(1)
+    fn plan(&self) -> &SourcePlan {
+        &self.plan
     }
     fn skip_reason(&self, ctx: &RecallContext) -> Option<&'static str> {
         ctx.pool.is_empty().then_some("the user has no recall pool")
@@ -99,10 +76,10 @@ impl RecallSource for CfSource {
     ) -> Result<Vec<Candidate>, Status> {
         // Re-tag with this source's ranks: the pool's own provenance (from the offline job) is not a recall rank.
         Ok(tagged(
-            &self.name,
+            &self.plan.name,
             ctx.pool
                 .iter()
-                .take(self.k)
+                .take(self.plan.k as usize)
                 .map(|c| (c.item_id.to_string(), c.score)),
         ))
     }
@@ -110,22 +87,14 @@ impl RecallSource for CfSource {
 
 /// Vector k-NN through the vector-recall service.
 pub struct VectorSource {
-    pub name: Name,
-    pub client: VectorRecallClient<TracedChannel>,
-    pub k: u32,
-    pub budget: Duration,
+    pub plan: SourcePlan,
+    pub search: StageService<SearchRequest, SearchResponse>,
 }
 
 #[async_trait]
 impl RecallSource for VectorSource {
-    fn stage(&self) -> &'static str {
-        "recall.vector"
-    }
-    fn source(&self) -> &Name {
-        &self.name
-    }
-    fn budget(&self) -> Duration {
-        self.budget
+    fn plan(&self) -> &SourcePlan {
+        &self.plan
     }
     fn skip_reason(&self, ctx: &RecallContext) -> Option<&'static str> {
         (ctx.embedding.is_none() && ctx.recent_items.is_empty())
@@ -158,72 +127,58 @@ impl RecallSource for VectorSource {
                 .collect(),
             ..Default::default()
         };
+        let message = SearchRequest {
+            query: Some(query),
+            k: self.plan.k,
+            filter: Some(filter),
+        };
         let hits = self
-            .client
+            .search
             .clone()
-            .search(request(
-                SearchRequest {
-                    query: Some(query),
-                    k: self.k,
-                    filter: Some(filter),
-                },
-                budget,
-            ))
+            .oneshot(Call { message, budget })
             .await?
-            .into_inner()
             .hits;
         Ok(tagged(
-            &self.name,
+            &self.plan.name,
             hits.into_iter().map(|h| (h.item_id, h.score)),
         ))
     }
 }
 
-/// Graph recall through the graph-recall service, on demand.
+/// Graph recall through the graph-recall service.
 pub struct GraphSource {
-    pub name: Name,
-    pub client: GraphRecallClient<TracedChannel>,
-    pub k: u32,
-    pub budget: Duration,
+    pub plan: SourcePlan,
+    pub recall: StageService<RecallRequest, RecallResponse>,
 }
 
 #[async_trait]
 impl RecallSource for GraphSource {
-    fn stage(&self) -> &'static str {
-        "recall.graph"
+    fn plan(&self) -> &SourcePlan {
+        &self.plan
     }
-    fn source(&self) -> &Name {
-        &self.name
-    }
-    fn budget(&self) -> Duration {
-        self.budget
-    }
-    fn skip_reason(&self, ctx: &RecallContext) -> Option<&'static str> {
-        (!ctx.include_graph).then_some("on demand: set include_graph or use a graph scene")
+    fn skip_reason(&self, _ctx: &RecallContext) -> Option<&'static str> {
+        None
     }
     async fn recall(
         &self,
         ctx: &RecallContext,
         budget: Duration,
     ) -> Result<Vec<Candidate>, Status> {
+        let message = RecallRequest {
+            user_id: ctx.user_id.to_string(),
+            strategies: Vec::new(),
+            k: self.plan.k,
+            max_steps: 0,
+            time_budget_ms: (budget.as_millis() as u32).max(1),
+        };
         let candidates = self
-            .client
+            .recall
             .clone()
-            .recall(request(
-                RecallRequest {
-                    user_id: ctx.user_id.to_string(),
-                    strategies: Vec::new(),
-                    k: self.k,
-                    max_steps: 0,
-                    time_budget_ms: (budget.as_millis() as u32).max(1),
-                },
-                budget,
-            ))
+            .oneshot(Call { message, budget })
             .await?
-            .into_inner()
             .candidates;
         Ok(tagged(
-            &self.name,
+            &self.plan.name,
             candidates
                 .into_iter()
                 .filter(|c| c.kind == TargetKind::Item as i32)
@@ -234,22 +189,14 @@ impl RecallSource for GraphSource {
 
 /// The most popular items: the fallback when other sources find little, and the cold-start answer.
 pub struct PopularSource {
-    pub name: Name,
-    pub client: FeatureServiceClient<TracedChannel>,
-    pub k: u32,
-    pub budget: Duration,
+    pub plan: SourcePlan,
+    pub popular: StageService<GetPopularItemsRequest, GetPopularItemsResponse>,
 }
 
 #[async_trait]
 impl RecallSource for PopularSource {
-    fn stage(&self) -> &'static str {
-        "recall.popular"
-    }
-    fn source(&self) -> &Name {
-        &self.name
-    }
-    fn budget(&self) -> Duration {
-        self.budget
+    fn plan(&self) -> &SourcePlan {
+        &self.plan
     }
     fn skip_reason(&self, _ctx: &RecallContext) -> Option<&'static str> {
         None
@@ -259,22 +206,19 @@ impl RecallSource for PopularSource {
         _ctx: &RecallContext,
         budget: Duration,
     ) -> Result<Vec<Candidate>, Status> {
+        let message = GetPopularItemsRequest {
+            k: self.plan.k,
+            category: String::new(),
+            feature_version: String::new(),
+        };
         let items = self
-            .client
+            .popular
             .clone()
-            .get_popular_items(request(
-                GetPopularItemsRequest {
-                    k: self.k,
-                    category: String::new(),
-                    feature_version: String::new(),
-                },
-                budget,
-            ))
+            .oneshot(Call { message, budget })
             .await?
-            .into_inner()
             .items;
         Ok(tagged(
-            &self.name,
+            &self.plan.name,
             items.into_iter().map(|c| (c.item_id, c.score)),
         ))
     }
