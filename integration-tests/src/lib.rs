@@ -52,18 +52,7 @@ impl TestPlatform {
         relax_budgets(&mut cfg.gateway);
         let platform = Platform::start(cfg).await.expect("platform starts");
         let snap = small_data();
-        let known_user = snap
-            .pools
-            .iter()
-            .find(|(u, pool)| {
-                pool.len() >= 50
-                    && snap
-                        .users
-                        .iter()
-                        .any(|x| &x.user_id == u && x.embedding.is_some())
-            })
-            .map(|(u, _)| u.to_string())
-            .expect("a user with a pool");
+        let known_user = known_user(&snap);
         reco_cli::load::load(snap, &platform.addrs)
             .await
             .expect("data loads");
@@ -93,6 +82,21 @@ impl TestPlatform {
             .await
             .map(tonic::Response::into_inner)
     }
+}
+
+/// A user of `snap` with a recall pool of 50 or more and an embedding.
+pub fn known_user(snap: &reco_data::Snapshot) -> String {
+    snap.pools
+        .iter()
+        .find(|(u, pool)| {
+            pool.len() >= 50
+                && snap
+                    .users
+                    .iter()
+                    .any(|x| &x.user_id == u && x.embedding.is_some())
+        })
+        .map(|(u, _)| u.to_string())
+        .expect("a user with a pool")
 }
 
 /// Budgets large enough that a debug build on a loaded machine does not time out, unless a test means it to.

@@ -352,3 +352,203 @@ async fn over_the_rate_limit_is_resource_exhausted_with_retry_after() {
     t.recommend(ask("someone-else")).await.unwrap();
     t.platform.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_item_ids_says_why_a_chosen_item_is_or_is_not_in_the_top_ten() {
+    let t = TestPlatform::start().await;
+    let full = t
+        .recommend(RecommendRequest {
+            explain: true,
+            ..ask(&t.known_user)
+        })
+        .await
+        .unwrap();
+    let served = full.items[3].item_id.clone();
+    let cut = full
+        .explanations
+        .iter()
+        .find(|e| {
+            e.position == 0 && DropReason::try_from(e.dropped).unwrap() != DropReason::Unspecified
+        })
+        .expect("some candidate was left out")
+        .clone();
+    let chosen = vec![
+        served.clone(),
+        cut.item_id.clone(),
+        "never-recalled".to_string(),
+    ];
+    let r = t
+        .recommend(RecommendRequest {
+            explain_item_ids: chosen.clone(),
+            ..ask(&t.known_user)
+        })
+        .await
+        .unwrap();
+    let ids: Vec<&str> = r.explanations.iter().map(|e| e.item_id.as_str()).collect();
+    assert_eq!(
+        ids, chosen,
+        "exactly the items asked about, in the order asked"
+    );
+
+    let e = &r.explanations[0];
+    assert_eq!(e.position, 4, "served at position 4");
+    assert_eq!(
+        DropReason::try_from(e.dropped).unwrap(),
+        DropReason::Unspecified
+    );
+    assert!(!e.sources.is_empty() && e.features.contains_key("cf_score"));
+
+    let e = &r.explanations[1];
+    assert_eq!(e.position, 0);
+    assert_eq!(e.dropped, cut.dropped, "{e:?}");
+    assert_eq!(e.detail, cut.detail);
+
+    let e = &r.explanations[2];
+    assert_eq!(
+        DropReason::try_from(e.dropped).unwrap(),
+        DropReason::NotRecalled
+    );
+    assert!(
+        e.detail.contains("no recall source returned it")
+            && e.detail.contains("recall.cf returned"),
+        "{}",
+        e.detail
+    );
+
+    let bad = t
+        .recommend(RecommendRequest {
+            explain_item_ids: vec![String::new()],
+            ..ask(&t.known_user)
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    assert!(bad.message().contains("explain_item_ids[0]"), "{bad:?}");
+    t.platform.shutdown().await.unwrap();
+}
+
+/// A pipeline file: popular only as a fallback, a graph source on demand under its own name.
+const PIPELINE: &str = r#"
+min_candidates = 40
+
+[[recall]]
+name = "cf"
+kind = "cf"
+k = 200
+
+[[recall]]
+name = "vector"
+kind = "vector"
+k = 100
+min_share = 0.1
+
+[[recall]]
+name = "friends"
+kind = "graph"
+mode = "on_demand"
+scenes = ["social"]
+k = 50
+
+[[recall]]
+name = "popular"
+kind = "popular"
+mode = "fallback"
+k = 100
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_file_sets_on_demand_sources_and_the_fallback_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pipeline.toml");
+    std::fs::write(&file, PIPELINE).unwrap();
+    let mut cfg = PlatformConfig::default();
+    cfg.gateway.pipeline = Some(file);
+    let t = TestPlatform::start_with(cfg).await;
+    let report = |r: &reco_proto::gateway::v1::RecommendResponse, name: &str| {
+        r.stages
+            .iter()
+            .find(|s| s.stage == name)
+            .unwrap_or_else(|| panic!("no {name} in {:?}", r.stages))
+            .clone()
+    };
+
+    // A known user: cf and vector find plenty, so the fallback is not needed; friends is on demand.
+    let r = t
+        .recommend(RecommendRequest {
+            bypass_cache: true,
+            ..ask(&t.known_user)
+        })
+        .await
+        .unwrap();
+    assert_eq!(r.items.len(), 10);
+    let popular = report(&r, "recall.popular");
+    assert_eq!(status(popular.status), StageStatus::Skipped);
+    assert!(
+        popular.detail.contains("fallback not needed"),
+        "{popular:?}"
+    );
+    let friends = report(&r, "recall.friends");
+    assert_eq!(status(friends.status), StageStatus::Skipped);
+    assert!(friends.detail.contains("on demand"), "{friends:?}");
+
+    // Asked for by name, or by its scene, the on-demand source runs.
+    for req in [
+        RecommendRequest {
+            include_sources: vec!["friends".into()],
+            bypass_cache: true,
+            ..ask(&t.known_user)
+        },
+        RecommendRequest {
+            scene: "social".into(),
+            bypass_cache: true,
+            ..ask(&t.known_user)
+        },
+    ] {
+        let r = t.recommend(req).await.unwrap();
+        assert_eq!(status(report(&r, "recall.friends").status), StageStatus::Ok);
+    }
+
+    // A user nobody knows: the first sources have nothing, so the fallback fills the answer.
+    let r = t
+        .recommend(RecommendRequest {
+            bypass_cache: true,
+            ..ask("nobody-knows-me")
+        })
+        .await
+        .unwrap();
+    let popular = report(&r, "recall.popular");
+    assert_eq!(status(popular.status), StageStatus::Ok, "{popular:?}");
+    assert_eq!(r.items.len(), 10);
+    assert!(
+        r.items
+            .iter()
+            .all(|i| i.sources.iter().any(|s| s.source == "popular"))
+    );
+    t.platform.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_pipeline_file_stops_the_gateway_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pipeline.toml");
+    std::fs::write(
+        &file,
+        "[[recall]]\nname = \"cf\"\nkind = \"cf\"\nk = 5000\n",
+    )
+    .unwrap();
+    let cfg = reco_gateway::Config {
+        pipeline: Some(file.clone()),
+        ..Default::default()
+    };
+    let e = reco_gateway::build(&cfg)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(e.contains("k must be between 1 and"), "{e}");
+    std::fs::write(&file, "[[recall]\nname = \"cf\"").unwrap();
+    let e = reco_gateway::build(&cfg)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(e.contains("pipeline.toml") && e.contains("line 1"), "{e}");
+}

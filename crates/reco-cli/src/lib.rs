@@ -6,6 +6,8 @@ pub mod dataset;
 pub mod eval;
 pub mod load;
 pub mod platform;
+pub mod processes;
+pub mod serve;
 pub mod show;
 pub mod sync;
 pub mod train;

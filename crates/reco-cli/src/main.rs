@@ -44,6 +44,14 @@ enum Command {
     /// Bulk-load a dataset into running services: features into a new version, switched to atomically once
     /// complete, then vectors, graph edges and sequences.
     Sync(SyncArgs),
+    /// Run one service in this process, with the flags of its own binary (`reco serve feature --help`).
+    Serve {
+        /// feature, cache, vector-recall, graph-recall, ranking or gateway.
+        service: String,
+        /// The service's flags.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -395,6 +403,10 @@ struct UpArgs {
     /// Exit after showing one recommendation instead of serving (for scripts and smoke tests).
     #[arg(long)]
     once: bool,
+    /// Run each service as its own process (`reco serve <service>`), as production does, instead of all six in
+    /// this one.
+    #[arg(long)]
+    processes: bool,
 }
 
 #[derive(clap::Args)]
@@ -424,15 +436,42 @@ async fn recommend(gateway: &str, req: RecommendRequest) -> anyhow::Result<Strin
     Ok(show::answer(&answer))
 }
 
+/// The platform `reco up` runs: in this process, or as six processes.
+enum Running {
+    InProcess(Box<Platform>),
+    Processes(Box<reco_cli::processes::ProcessPlatform>),
+}
+
 async fn up(args: UpArgs) -> anyhow::Result<()> {
-    let platform = Platform::start(PlatformConfig {
-        host: args.host,
-        base_port: args.base_port,
-        data_dir: args.data_dir.clone(),
-        ..Default::default()
-    })
-    .await?;
-    let a = platform.addrs.clone();
+    let platform = if args.processes {
+        let exe = std::env::current_exe()?;
+        Running::Processes(Box::new(
+            reco_cli::processes::ProcessPlatform::start(
+                &exe,
+                reco_cli::processes::ProcessOptions {
+                    host: args.host,
+                    base_port: args.base_port,
+                    data_dir: args.data_dir.clone(),
+                    ..Default::default()
+                },
+            )
+            .await?,
+        ))
+    } else {
+        Running::InProcess(Box::new(
+            Platform::start(PlatformConfig {
+                host: args.host,
+                base_port: args.base_port,
+                data_dir: args.data_dir.clone(),
+                ..Default::default()
+            })
+            .await?,
+        ))
+    };
+    let a = match &platform {
+        Running::InProcess(p) => p.addrs.clone(),
+        Running::Processes(p) => p.addrs.clone(),
+    };
     let sample_user = if args.no_data {
         "u1".to_string()
     } else {
@@ -451,7 +490,14 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         sample
     };
 
-    println!("\nreco is up (embedded backends):");
+    println!(
+        "\nreco is up (embedded backends, {}):",
+        if args.processes {
+            "one process per service"
+        } else {
+            "all services in this process"
+        }
+    );
     for (name, addr) in a.all() {
         println!("  {name:<14} {addr}");
     }
@@ -480,14 +526,25 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         println!("\nserving; Ctrl-C to stop");
         reco_server::shutdown_signal().await;
     }
-    platform.shutdown().await
+    match platform {
+        Running::InProcess(p) => p.shutdown().await,
+        Running::Processes(p) => {
+            p.shutdown(Duration::from_secs(10));
+            Ok(())
+        }
+    }
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Command::Serve { service, args } = &cli.command {
+        // The service sets up its own telemetry, under its own name.
+        return reco_cli::serve::serve(service, args).await;
+    }
     let _telemetry = reco_telemetry::init("reco", &cli.telemetry)?;
     match cli.command {
+        Command::Serve { .. } => unreachable!("handled above"),
         Command::Up(args) => up(args).await,
         Command::Eval(args) => eval(args).await,
         Command::Sync(args) => sync(args).await,

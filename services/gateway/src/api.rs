@@ -61,11 +61,13 @@ fn query(
             ),
         ));
     }
-    let explain_items = explain_item_ids
-        .iter()
-        .enumerate()
-        .map(|(i, id)| ItemId::parse(&format!("explain_item_ids[{i}]"), id))
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut explain_items: Vec<ItemId> = Vec::with_capacity(explain_item_ids.len());
+    for (i, id) in explain_item_ids.iter().enumerate() {
+        let id = ItemId::parse(&format!("explain_item_ids[{i}]"), id)?;
+        if !explain_items.contains(&id) {
+            explain_items.push(id);
+        }
+    }
     if include_sources.len() > MAX_INCLUDE_SOURCES {
         return Err(ValidationError::new(
             "include_sources",

@@ -391,8 +391,8 @@ impl Pipeline {
         {
             let report = if merged.len() >= needed {
                 StageReport::skipped(
-                    &s.plan().stage(),
-                    &format!(
+                    s.plan().stage(),
+                    format!(
                         "fallback not needed: {} candidates, {needed} wanted",
                         merged.len()
                     ),
@@ -712,10 +712,17 @@ impl Pipeline {
                 });
             }
             if !q.explain_items.is_empty() {
-                // Only the items asked about, each once (a candidate can be dropped once per merge pass), and a
-                // line for each one no source found.
+                // Only the items asked about, each once (a candidate can be dropped once per merge pass), in the
+                // order asked, and a line for each one no source found.
                 let mut wanted: HashSet<&ItemId> = q.explain_items.iter().collect();
                 answer.explanations.retain(|e| wanted.remove(&e.item_id));
+                let asked: HashMap<&ItemId, usize> = q
+                    .explain_items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, id)| (id, i))
+                    .collect();
+                answer.explanations.sort_by_key(|e| asked[&e.item_id]);
                 for id in q.explain_items.iter().filter(|id| wanted.contains(id)) {
                     answer.explanations.push(Explanation {
                         item_id: id.clone(),

@@ -52,6 +52,15 @@ where
     report.elapsed = started.elapsed();
     let value = match result {
         Ok(Ok(v)) => Some(v),
+        // The client gives up at the same budget (it was sent as grpc-timeout), and may get there first.
+        Ok(Err(status))
+            if status.code() == tonic::Code::DeadlineExceeded
+                || (status.code() == tonic::Code::Cancelled && report.elapsed >= budget) =>
+        {
+            report.status = StageStatus::Timeout;
+            report.detail = format!("cancelled after its budget of {} us", budget.as_micros());
+            None
+        }
         Ok(Err(status)) => {
             report.status = StageStatus::Error;
             report.detail = format!("{:?}: {}", status.code(), status.message());
