@@ -31,6 +31,8 @@ async fn platform(tight: (&str, u64)) -> (ProcessPlatform, String) {
     gateway.extend([
         "--rate-limit=0".to_string(),
         "--breaker-open-ms=300".to_string(),
+        // A frozen process never answers: cut it off after a few timeouts rather than wait out every budget.
+        "--breaker-count-timeouts".to_string(),
         format!("--breaker-failures={BREAKER_FAILURES}"),
     ]);
     let p = ProcessPlatform::start(

@@ -38,6 +38,13 @@ pub const FEATURES: &[(&str, &str)] = &[
     ),
 ];
 
+/// The item features [`FEATURES`] are computed from (besides the item's embedding, categories and sources): all
+/// a caller has to send of an item's feature map.
+pub const ITEM_INPUTS: &[&str] = &["popularity", "avg_rating"];
+
+/// The user features [`FEATURES`] are computed from (besides the user's embedding).
+pub const USER_INPUTS: &[&str] = &["top_categories"];
+
 /// The names of [`FEATURES`].
 pub fn known() -> Vec<&'static str> {
     FEATURES.iter().map(|(n, _)| *n).collect()
@@ -150,4 +157,81 @@ pub fn matrix(names: &[String], input: &RankInput) -> (Vec<Vec<f64>>, Vec<u64>) 
         })
         .collect();
     (rows, missing)
+}
+
+#[cfg(test)]
+mod tests {
+    use reco_types::{Embedding, FeatureValue, Features, ItemId, Name, SourceHit, UserId};
+
+    use super::*;
+
+    fn features(pairs: &[(&str, FeatureValue)]) -> Features {
+        let mut f = Features::new();
+        for (k, v) in pairs {
+            f.insert(*k, v.clone());
+        }
+        f
+    }
+
+    fn keep(f: &Features, names: &[&str]) -> Features {
+        let mut out = Features::new();
+        for (k, v) in f.iter().filter(|(k, _)| names.contains(&k.as_str())) {
+            out.insert(k.clone(), v.clone());
+        }
+        out
+    }
+
+    /// The gateway sends ranking only ITEM_INPUTS and USER_INPUTS of the feature maps: every feature must come
+    /// out the same from those alone.
+    #[test]
+    fn the_declared_inputs_are_all_the_features_read() {
+        let user = features(&[
+            (
+                "top_categories",
+                FeatureValue::StringList(vec!["Drama".into(), "War".into()]),
+            ),
+            ("activity_count", FeatureValue::Int(40)),
+            ("avg_rating", FeatureValue::Float(3.1)),
+            ("gender", FeatureValue::Str("F".into())),
+        ]);
+        let item = features(&[
+            ("popularity", FeatureValue::Int(120)),
+            ("avg_rating", FeatureValue::Float(4.2)),
+            ("rating_count", FeatureValue::Int(77)),
+            ("year", FeatureValue::Int(1994)),
+            ("tags", FeatureValue::StringList(vec!["classic".into()])),
+        ]);
+        let e = |v: &[f32]| Embedding::parse("embedding", v.to_vec()).unwrap();
+        let candidate = |f: Features| RankCandidate {
+            item_id: ItemId::parse("i", "m1").unwrap(),
+            features: f,
+            categories: vec![Name::parse("c", "Drama").unwrap()],
+            sources: vec![SourceHit {
+                source: Name::parse("s", "cf").unwrap(),
+                rank: 2,
+                score: 0.7,
+            }],
+            embedding: Some(e(&[0.1, 0.2, 0.3])),
+        };
+        let input = |f: Features| RankInput {
+            user_id: UserId::parse("u", "u1").unwrap(),
+            user_features: f,
+            user_embedding: Some(e(&[0.3, 0.2, 0.1])),
+            candidates: Vec::new(),
+            context: Default::default(),
+        };
+        let (full_in, full_c) = (input(user.clone()), candidate(item.clone()));
+        let (slim_in, slim_c) = (
+            input(keep(&user, USER_INPUTS)),
+            candidate(keep(&item, ITEM_INPUTS)),
+        );
+        for name in known() {
+            assert_eq!(
+                lookup(name, &full_in, &full_c),
+                lookup(name, &slim_in, &slim_c),
+                "{name} reads a feature missing from ITEM_INPUTS or USER_INPUTS"
+            );
+            assert!(!lookup(name, &full_in, &full_c).unwrap().missing, "{name}");
+        }
+    }
 }

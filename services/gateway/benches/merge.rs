@@ -55,7 +55,7 @@ fn merge_and_diversify(c: &mut Criterion) {
     c.bench_function("diversify to 10, 3 per category", |b| {
         b.iter_batched(
             || ranked.clone(),
-            |ranked| diversify(ranked, 10, 3, &mut Vec::new()),
+            |ranked| diversify(ranked, 10, 3, Some(&mut Vec::new())),
             BatchSize::SmallInput,
         )
     });

@@ -9,6 +9,7 @@
 mod api;
 pub mod budget;
 mod error;
+mod items;
 pub mod merge;
 mod metrics;
 pub mod pipeline;
@@ -96,6 +97,13 @@ pub struct Config {
     /// order), budgets, hedged stages. What it leaves out keeps the value of the flags (docs/configuration.md).
     #[arg(long, env = "RECO_PIPELINE")]
     pub pipeline: Option<PathBuf>,
+    /// How long the gateway keeps an item's features, categories and embedding for hydration, ms (0 = ask the
+    /// feature service every time). Item features change slowly; a new value shows within this time.
+    #[arg(long, env = "RECO_ITEM_CACHE_TTL_MS", default_value_t = 30_000)]
+    pub item_cache_ttl_ms: u64,
+    /// How long the popular list is kept before it is asked for again, ms (0 = every request).
+    #[arg(long, env = "RECO_POPULAR_TTL_MS", default_value_t = 1_000)]
+    pub popular_ttl_ms: u64,
     /// Fallback sources run while the merged list has fewer candidates than this or than the request's count.
     #[arg(long, env = "RECO_MIN_CANDIDATES", default_value_t = 0)]
     pub min_candidates: u32,
@@ -109,12 +117,17 @@ pub struct Config {
     /// Calls a hedged stage observes before it starts hedging.
     #[arg(long, env = "RECO_HEDGE_MIN_SAMPLES", default_value_t = 100)]
     pub hedge_min_samples: u64,
-    /// Consecutive failed or timed-out calls that open a downstream's circuit breaker (0 = no breakers).
+    /// Consecutive failed calls (refused, unavailable, internal errors) that open a downstream's circuit
+    /// breaker (0 = no breakers).
     #[arg(long, env = "RECO_BREAKER_FAILURES", default_value_t = 5)]
     pub breaker_failures: u32,
     /// How long an open breaker refuses calls before one probe may go through, ms.
     #[arg(long, env = "RECO_BREAKER_OPEN_MS", default_value_t = 1000)]
     pub breaker_open_ms: u64,
+    /// Count calls cut off by their budget as breaker failures (a hung downstream then gets cut off), not only
+    /// errors. Off by default: under load a healthy downstream misses a tight budget now and then.
+    #[arg(long, env = "RECO_BREAKER_COUNT_TIMEOUTS")]
+    pub breaker_count_timeouts: bool,
 
     /// Candidates taken from the user's CF pool.
     #[arg(long, env = "RECO_RECALL_CF_K", default_value_t = 200)]
@@ -249,6 +262,7 @@ impl Config {
             rank: file.rank.unwrap_or(!self.no_rank),
             max_candidates: max_candidates as usize,
             min_candidates: file.min_candidates.unwrap_or(self.min_candidates) as usize,
+            item_cache_ttl: ms(self.item_cache_ttl_ms),
             per_category: file.per_category.unwrap_or(self.per_category) as usize,
             blocklist: spec::blocklist(file.blocklist.as_ref().unwrap_or(&self.blocklist))?,
             rate_limit: (self.rate_limit > 0)
@@ -270,6 +284,7 @@ impl Config {
             breaker: BreakerConfig {
                 failures: self.breaker_failures,
                 open_for: ms(self.breaker_open_ms.max(1)),
+                count_timeouts: self.breaker_count_timeouts,
             },
         })
     }
@@ -447,6 +462,8 @@ pub fn pipeline(config: &Config, d: &Downstreams) -> anyhow::Result<Pipeline> {
                 SourceKind::Popular => Box::new(PopularSource {
                     plan: plan_,
                     popular: rpc!(plan, &feature_b, &stage, feature.clone(), get_popular_items),
+                    ttl: Duration::from_millis(config.popular_ttl_ms),
+                    kept: Default::default(),
                 }),
             }
         })

@@ -209,19 +209,24 @@ pub struct Ranked {
 }
 
 /// Takes the top `n` of a best-first list with at most `per_category` items of any one category (0 = no cap).
-/// Items passed over for diversity fill the list only when there are not enough others.
+/// Items passed over for diversity fill the list only when there are not enough others. With `dropped`, every
+/// item left out is recorded with the reason (for explain; without it nothing is formatted).
 pub fn diversify(
     ranked: Vec<Ranked>,
     n: usize,
     per_category: usize,
-    dropped: &mut Vec<(ItemId, DropReason, String)>,
+    dropped: Option<&mut Vec<(ItemId, DropReason, String)>>,
 ) -> Vec<Ranked> {
     let mut out = Vec::with_capacity(n);
     let mut backlog = Vec::new();
     let mut counts: HashMap<Option<Name>, usize> = HashMap::new();
     let mut rest = Vec::new();
+    let record = dropped.is_some();
     for r in ranked {
         if out.len() >= n {
+            if !record {
+                break;
+            }
             rest.push(r);
             continue;
         }
@@ -236,6 +241,9 @@ pub fn diversify(
     let fill = n.saturating_sub(out.len());
     let mut backlog = backlog.into_iter();
     out.extend(backlog.by_ref().take(fill));
+    let Some(dropped) = dropped else {
+        return out;
+    };
     for r in backlog {
         let detail = format!(
             "already {per_category} items of category {} in the top {n}",
@@ -397,7 +405,12 @@ mod tests {
             })
             .collect();
         let mut dropped = Vec::new();
-        let top = diversify(ranked.clone(), 3, 2, &mut dropped);
+        let top = diversify(ranked.clone(), 3, 2, Some(&mut dropped));
+        assert_eq!(
+            top,
+            diversify(ranked.clone(), 3, 2, None),
+            "recording changes nothing"
+        );
         let ids: Vec<_> = top.iter().map(|r| r.item_id.as_str()).collect();
         assert_eq!(ids, ["a", "b", "d"]);
         assert!(
@@ -412,7 +425,7 @@ mod tests {
         );
 
         let mut dropped = Vec::new();
-        let top = diversify(ranked, 5, 1, &mut dropped);
+        let top = diversify(ranked, 5, 1, Some(&mut dropped));
         assert_eq!(
             top.len(),
             5,

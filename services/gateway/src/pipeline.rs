@@ -43,6 +43,7 @@ use tracing::warn;
 
 use crate::{
     budget::Deadline,
+    items::ItemCache,
     merge::{self, DropReason, MergePolicy, Ranked},
     recall::{RecallContext, RecallSource},
     resilience::{Breaker, BreakerState, Call, StageService},
@@ -69,6 +70,8 @@ pub struct PipelineConfig {
     pub max_candidates: usize,
     /// Fallback sources run while the merged list is shorter than this (or than the request's count).
     pub min_candidates: usize,
+    /// How long hydrated items are kept in the gateway (zero: not kept, every hydration asks the feature service).
+    pub item_cache_ttl: Duration,
     pub per_category: usize,
     pub blocklist: HashSet<ItemId>,
     /// Requests per window per user; None turns admission off.
@@ -165,15 +168,24 @@ pub struct Pipeline {
     sources: Vec<Box<dyn RecallSource>>,
     /// The after-answer writes in flight, so a shutdown can wait for them instead of losing impressions.
     background: tokio_util::task::TaskTracker,
+    /// Items (features, categories, embedding) of the active feature set, kept for `item_cache_ttl`: item
+    /// features change slowly and most candidates recur, so most hydrations need no call at all.
+    items: Option<ItemCache>,
 }
+
+/// Most items the gateway's item cache holds.
+const ITEM_CACHE_CAPACITY: usize = 200_000;
 
 impl Pipeline {
     pub fn new(cfg: PipelineConfig, rpc: Rpcs, sources: Vec<Box<dyn RecallSource>>) -> Self {
+        let items = (!cfg.item_cache_ttl.is_zero())
+            .then(|| ItemCache::new(cfg.item_cache_ttl, ITEM_CACHE_CAPACITY));
         Self {
             cfg,
             rpc,
             sources,
             background: tokio_util::task::TaskTracker::new(),
+            items,
         }
     }
 
@@ -480,32 +492,83 @@ impl Pipeline {
             )),
         }
 
-        // hydrate
-        let mut hydrated: HashMap<ItemId, Item> = HashMap::new();
+        // hydrate: from the gateway's item cache, and the feature service for what it does not hold
+        let mut hydrated: foldhash::HashMap<ItemId, Arc<Item>> =
+            foldhash::HashMap::with_capacity_and_hasher(merged.len(), Default::default());
         if merged.is_empty() {
             answer
                 .stages
                 .push(StageReport::skipped("hydrate", "no candidates"));
         } else {
-            let budget = deadline.carve(self.cfg.features_budget, MIN_RANK);
-            let msg = BatchGetItemFeaturesRequest {
-                item_ids: merged.iter().map(|m| m.item_id.to_string()).collect(),
-                feature_version: q
-                    .feature_version
-                    .as_ref()
-                    .map(ToString::to_string)
-                    .unwrap_or_default(),
-                include_embeddings: true,
-            };
-            let out = stage::run("hydrate", budget, call(&self.rpc.hydrate, msg, budget)).await;
-            let mut report = out.report;
-            report.candidates_in = merged.len() as u32;
-            if let Some(resp) = out.value {
-                for item in resp.items {
-                    if let Ok(id) = ItemId::parse("item_id", &item.item_id) {
-                        hydrated.insert(id, item);
-                    }
+            let started = Instant::now();
+            // Only the active feature set is cached; a request naming a version reads it fresh.
+            let cache = self.items.as_ref().filter(|_| q.feature_version.is_none());
+            let mut missing = Vec::new();
+            match cache {
+                Some(c) => c.get_many(
+                    merged.iter().map(|m| &m.item_id),
+                    |id, item| {
+                        hydrated.insert(id.clone(), item);
+                    },
+                    &mut missing,
+                ),
+                None => missing.extend(merged.iter().map(|m| m.item_id.to_string())),
+            }
+            let cached = hydrated.len();
+            let mut report;
+            let answered = if missing.is_empty() {
+                report = StageReport {
+                    stage: "hydrate".into(),
+                    status: StageStatus::Cached,
+                    budget: Duration::ZERO,
+                    elapsed: started.elapsed(),
+                    candidates_in: 0,
+                    candidates_out: 0,
+                    detail: format!("all {cached} from the gateway's item cache"),
+                };
+                true
+            } else {
+                let budget = deadline.carve(self.cfg.features_budget, MIN_RANK);
+                let fetched = missing.len();
+                let msg = BatchGetItemFeaturesRequest {
+                    item_ids: missing,
+                    feature_version: q
+                        .feature_version
+                        .as_ref()
+                        .map(ToString::to_string)
+                        .unwrap_or_default(),
+                    include_embeddings: true,
+                };
+                let out = stage::run("hydrate", budget, call(&self.rpc.hydrate, msg, budget)).await;
+                report = out.report;
+                if cached > 0 {
+                    let sep = if report.detail.is_empty() { "" } else { "; " };
+                    report.detail = format!(
+                        "{cached} from the gateway's item cache, {fetched} asked of the feature service{sep}{}",
+                        report.detail
+                    );
                 }
+                match out.value {
+                    Some(resp) => {
+                        let fresh: Vec<(ItemId, Arc<Item>)> = resp
+                            .items
+                            .into_iter()
+                            .filter_map(|item| {
+                                let id = ItemId::parse("item_id", &item.item_id).ok()?;
+                                Some((id, Arc::new(item)))
+                            })
+                            .collect();
+                        if let Some(c) = cache {
+                            c.insert_many(fresh.iter().cloned());
+                        }
+                        hydrated.extend(fresh);
+                        true
+                    }
+                    None => false,
+                }
+            };
+            report.candidates_in = merged.len() as u32;
+            if answered {
                 // An item the feature store does not know (deleted, or not loaded yet) is not served.
                 merged.retain(|m| {
                     let known = hydrated.contains_key(&m.item_id);
@@ -524,19 +587,23 @@ impl Pipeline {
             answer.stages.push(report);
         }
 
-        // rank
+        // rank: the model's inputs only (rank_features::ITEM_INPUTS, USER_INPUTS), not whole feature maps
+        let project = |f: &Option<reco_proto::common::v1::Features>, keep: &[&str]| {
+            f.as_ref().map(|f| reco_proto::common::v1::Features {
+                values: keep
+                    .iter()
+                    .filter_map(|k| f.values.get(*k).map(|v| (k.to_string(), v.clone())))
+                    .collect(),
+            })
+        };
         let rank_input = |m: &merge::Merged| {
-            let item = hydrated.get(&m.item_id).cloned();
-            let (features, embedding, categories) = match item {
-                Some(i) => (i.features, i.embedding, i.categories),
-                None => (None, Vec::new(), Vec::new()),
-            };
+            let item = hydrated.get(&m.item_id);
             RankCandidate {
                 item_id: m.item_id.to_string(),
-                item_features: features,
+                item_features: item.and_then(|i| project(&i.features, rank_features::ITEM_INPUTS)),
                 sources: m.sources.iter().cloned().map(Into::into).collect(),
-                embedding,
-                categories,
+                embedding: item.map(|i| i.embedding.clone()).unwrap_or_default(),
+                categories: item.map(|i| i.categories.clone()).unwrap_or_default(),
             }
         };
         let mut scores: HashMap<ItemId, f32> = HashMap::new();
@@ -552,7 +619,10 @@ impl Pipeline {
             let budget = deadline.carve(self.cfg.ranking_budget, Duration::ZERO);
             let msg = RankRequest {
                 user_id: q.user_id.to_string(),
-                user_features: Some(user_features.clone().into()),
+                user_features: project(
+                    &Some(user_features.clone().into()),
+                    rank_features::USER_INPUTS,
+                ),
                 user_embedding: user_embedding
                     .as_ref()
                     .map(|e| e.as_slice().to_vec())
@@ -617,7 +687,13 @@ impl Pipeline {
                 .then_with(|| a.item_id.cmp(&b.item_id))
         });
         let mut cut = Vec::new();
-        let top = merge::diversify(ranked, q.count, self.cfg.per_category, &mut cut);
+        let explaining = q.explain || !q.explain_items.is_empty();
+        let top = merge::diversify(
+            ranked,
+            q.count,
+            self.cfg.per_category,
+            explaining.then_some(&mut cut),
+        );
         answer.stages.push(StageReport {
             stage: "rerank".into(),
             status: StageStatus::Ok,
@@ -646,7 +722,7 @@ impl Pipeline {
             .iter()
             .any(|s| s.status.is_degraded() && s.stage != "admission" && s.stage != "result_cache");
 
-        if q.explain || !q.explain_items.is_empty() {
+        if explaining {
             let positions: HashMap<&ItemId, u32> = top
                 .iter()
                 .enumerate()
@@ -769,6 +845,12 @@ impl Pipeline {
         };
         if let Some(why) = why {
             return (None, StageReport::skipped(&stage, why));
+        }
+        if let Some(list) = s.cached(rctx) {
+            let mut report = StageReport::skipped(&stage, "kept from a recent call");
+            report.status = StageStatus::Cached;
+            report.candidates_out = list.len() as u32;
+            return (Some(list), report);
         }
         let budget = deadline.carve(plan.budget, reserve);
         let out = stage::run(&stage, budget, s.recall(rctx, budget)).await;

@@ -43,6 +43,10 @@ pub trait RecallSource: Send + Sync {
     fn plan(&self) -> &SourcePlan;
     /// Why it has nothing to go on for this request, if it has not.
     fn skip_reason(&self, ctx: &RecallContext) -> Option<&'static str>;
+    /// A recent answer that holds for this request too, if the source keeps one.
+    fn cached(&self, _ctx: &RecallContext) -> Option<Vec<Candidate>> {
+        None
+    }
     async fn recall(&self, ctx: &RecallContext, budget: Duration)
     -> Result<Vec<Candidate>, Status>;
 }
@@ -187,10 +191,13 @@ impl RecallSource for GraphSource {
     }
 }
 
-/// The most popular items: the fallback when other sources find little, and the cold-start answer.
+/// The most popular items: the fallback when other sources find little, and the cold-start answer. The list is
+/// the same for every user, so it is kept for `ttl` rather than asked for on every request.
 pub struct PopularSource {
     pub plan: SourcePlan,
     pub popular: StageService<GetPopularItemsRequest, GetPopularItemsResponse>,
+    pub ttl: Duration,
+    pub kept: std::sync::Mutex<Option<(std::time::Instant, Vec<Candidate>)>>,
 }
 
 #[async_trait]
@@ -200,6 +207,12 @@ impl RecallSource for PopularSource {
     }
     fn skip_reason(&self, _ctx: &RecallContext) -> Option<&'static str> {
         None
+    }
+    fn cached(&self, _ctx: &RecallContext) -> Option<Vec<Candidate>> {
+        let kept = self.kept.lock().expect("popular lock");
+        kept.as_ref()
+            .filter(|(at, _)| at.elapsed() < self.ttl)
+            .map(|(_, list)| list.clone())
     }
     async fn recall(
         &self,
@@ -217,9 +230,14 @@ impl RecallSource for PopularSource {
             .oneshot(Call { message, budget })
             .await?
             .items;
-        Ok(tagged(
+        let list = tagged(
             &self.plan.name,
             items.into_iter().map(|c| (c.item_id, c.score)),
-        ))
+        );
+        if !self.ttl.is_zero() {
+            *self.kept.lock().expect("popular lock") =
+                Some((std::time::Instant::now(), list.clone()));
+        }
+        Ok(list)
     }
 }

@@ -9,8 +9,9 @@
 //! Both layers are written here rather than taken from a crate. tower's `hedge` is not `Clone` (sharing it between
 //! concurrent requests needs a `Buffer` task in the way) and records latency in whole milliseconds rounded up,
 //! while most of our stages answer in well under one; `failsafe`'s breaker lets every call through while
-//! half-open, where we want one probe at a time, and counts nothing for a call that is cancelled, where a stage
-//! cut off by its budget is exactly the failure a breaker must see.
+//! half-open, where we want one probe at a time, and sees nothing of a call that is cancelled, where we need to
+//! tell a stage cut off by its budget (a timeout: counted only when configured, and always for a probe) from a
+//! downstream that refused.
 
 use std::{
     future::Future,
@@ -61,6 +62,10 @@ pub struct BreakerConfig {
     pub failures: u32,
     /// How long an open breaker refuses calls before letting one probe through.
     pub open_for: Duration,
+    /// Count calls cut off by their stage's budget as failures. Off by default: under load a healthy
+    /// downstream misses a tight budget now and then, and a breaker that opens on that turns a few slow calls
+    /// into every call failing. A probe that times out always counts.
+    pub count_timeouts: bool,
 }
 
 /// Where a breaker is.
@@ -100,19 +105,28 @@ pub struct Breaker {
     inner: Mutex<BreakerInner>,
 }
 
-/// Whether a failed call says something about the downstream's health (as opposed to about the request).
-pub fn counts_as_failure(status: &Status) -> bool {
-    matches!(
-        status.code(),
+/// What a call's outcome says about the downstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outcome {
+    Healthy,
+    /// It failed in a way that says the downstream is broken (refused, unavailable, internal error).
+    Failed,
+    /// It ran out of time: the client's deadline, or the stage's budget cutting it off.
+    TimedOut,
+}
+
+fn outcome(status: &Status) -> Outcome {
+    match status.code() {
         Code::Unavailable
-            | Code::DeadlineExceeded
-            | Code::Internal
-            | Code::Unknown
-            | Code::ResourceExhausted
-            | Code::Cancelled
-            | Code::Aborted
-            | Code::DataLoss
-    )
+        | Code::Internal
+        | Code::Unknown
+        | Code::ResourceExhausted
+        | Code::Aborted
+        | Code::DataLoss => Outcome::Failed,
+        Code::DeadlineExceeded | Code::Cancelled => Outcome::TimedOut,
+        // The request's own fault (invalid, not found, unauthenticated, ...): the downstream answered.
+        _ => Outcome::Healthy,
+    }
 }
 
 impl Breaker {
@@ -178,10 +192,17 @@ impl Breaker {
         }
     }
 
-    fn record(&self, ok: bool, probe: bool) {
+    fn record(&self, outcome: Outcome, probe: bool) {
         if self.cfg.failures == 0 {
             return;
         }
+        let ok = match outcome {
+            Outcome::Healthy => true,
+            Outcome::Failed => false,
+            Outcome::TimedOut if probe || self.cfg.count_timeouts => false,
+            // A timeout that does not count changes nothing (it neither resets nor adds to the count).
+            Outcome::TimedOut => return,
+        };
         let mut inner = self.inner.lock().expect("breaker lock");
         let before = inner.state;
         if ok {
@@ -222,8 +243,8 @@ impl Breaker {
     }
 }
 
-/// Permission for one call. Dropped without an outcome (the stage was cut off by its budget, so the call was
-/// cancelled), it counts as a failure: a downstream that never answers in time is as broken as one that refuses.
+/// Permission for one call. Dropped without an outcome, the stage was cut off by its budget and the call
+/// cancelled: a timeout.
 struct Permit {
     breaker: Arc<Breaker>,
     probe: bool,
@@ -239,16 +260,16 @@ impl Permit {
         }
     }
 
-    fn finish(mut self, ok: bool) {
+    fn finish(mut self, outcome: Outcome) {
         self.done = true;
-        self.breaker.record(ok, self.probe);
+        self.breaker.record(outcome, self.probe);
     }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
         if !self.done {
-            self.breaker.record(false, self.probe);
+            self.breaker.record(Outcome::TimedOut, self.probe);
         }
     }
 }
@@ -303,8 +324,8 @@ where
                 Box::pin(async move {
                     let result = fut.await;
                     permit.finish(match &result {
-                        Ok(_) => true,
-                        Err(status) => !counts_as_failure(status),
+                        Ok(_) => Outcome::Healthy,
+                        Err(status) => outcome(status),
                     });
                     result
                 })
@@ -510,6 +531,7 @@ mod tests {
             BreakerConfig {
                 failures,
                 open_for: Duration::from_millis(open_ms),
+                count_timeouts: false,
             },
         )
     }
@@ -630,17 +652,43 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_call_cut_off_by_its_budget_counts_as_a_failure() {
-        let b = breaker(2, 60_000);
-        let svc = stage_service(&b, None, |c: Call<u32>| async move {
-            tokio::time::sleep(Duration::from_secs(3600)).await;
-            Ok(c.message)
-        });
-        for _ in 0..2 {
-            let cut = tokio::time::timeout(Duration::from_millis(5), svc.clone().oneshot(call(1)));
+    async fn calls_cut_off_by_their_budget_count_only_when_configured() {
+        let hang = |b: &Arc<Breaker>| {
+            stage_service(b, None, |c: Call<u32>| async move {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                Ok(c.message)
+            })
+        };
+        let deadline = |b: &Arc<Breaker>| {
+            stage_service(b, None, |_: Call<u32>| async {
+                Err::<u32, _>(Status::deadline_exceeded("too slow"))
+            })
+        };
+        let lenient = breaker(2, 60_000);
+        for _ in 0..5 {
+            let cut =
+                tokio::time::timeout(Duration::from_millis(2), hang(&lenient).oneshot(call(1)));
             assert!(cut.await.is_err());
+            let _ = deadline(&lenient).oneshot(call(1)).await;
         }
-        assert_eq!(b.state(), BreakerState::Open);
+        assert_eq!(
+            lenient.state(),
+            BreakerState::Closed,
+            "a slow downstream under load is not a broken one"
+        );
+
+        let strict = Breaker::new(
+            "test",
+            BreakerConfig {
+                failures: 2,
+                open_for: Duration::from_secs(60),
+                count_timeouts: true,
+            },
+        );
+        let cut = tokio::time::timeout(Duration::from_millis(2), hang(&strict).oneshot(call(1)));
+        assert!(cut.await.is_err());
+        let _ = deadline(&strict).oneshot(call(1)).await;
+        assert_eq!(strict.state(), BreakerState::Open);
     }
 
     #[tokio::test]
