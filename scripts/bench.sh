@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Reproduces the end-to-end figures of BENCHMARKS.md on the embedded backends, on this machine:
-#   1. the whole platform in its own process (`reco up`), loaded with MovieLens ml-latest-small when
-#      ../shared/datasets has it (generated data otherwise);
-#   2. from a second process: the feature service's user context and 200-item batch at 1,000 requests/s, Recommend
-#      open loop at 200/s, and the most Recommend throughput with p99 under 50 ms (closed loop, 1..64 workers).
+#   1. the platform as six processes, one per service (`reco up --processes`), loaded with MovieLens
+#      ml-latest-small when ../shared/datasets has it (generated data otherwise);
+#   2. from another process: the feature service's user context and 200-item batch at 1,000 requests/s, Recommend
+#      open loop at 200, 400 and 1,000/s, and the most Recommend throughput with p99 under 50 ms (closed loop,
+#      1..64 workers).
 # Each figure is printed and written as JSON under target/bench-results/. With --micro, the criterion benches of
 # the hot paths run afterwards. Usage: scripts/bench.sh [--micro] [--duration SECS]
 set -euo pipefail
@@ -53,7 +54,7 @@ grep -m1 "model name" /proc/cpuinfo || true
 git rev-parse --short HEAD 2>/dev/null || true
 
 echo "== starting the platform on 127.0.0.1:$port (log: $out/up.log)"
-"$reco" up --base-port "$port" "${data[@]}" >"$out/up.log" 2>&1 &
+"$reco" up --processes --base-port "$port" "${data[@]}" >"$out/up.log" 2>&1 &
 platform=$!
 trap 'kill $platform 2>/dev/null || true; wait $platform 2>/dev/null || true' EXIT
 for _ in $(seq 1 600); do
@@ -74,6 +75,8 @@ run() {
 run user-context --addr "127.0.0.1:$((port + 1))" --target user-context --rate 1000 --duration-secs "$duration"
 run item-batch --addr "127.0.0.1:$((port + 1))" --target item-batch --rate 1000 --duration-secs "$duration"
 run recommend-200 --addr "127.0.0.1:$port" --target recommend --rate 200 --duration-secs "$duration"
+run recommend-400 --addr "127.0.0.1:$port" --target recommend --rate 400 --duration-secs "$duration"
+run recommend-1000 --addr "127.0.0.1:$port" --target recommend --rate 1000 --duration-secs "$duration"
 run recommend-max --addr "127.0.0.1:$port" --target recommend --find-max --p99-limit-ms 50 \
   --duration-secs "$((duration / 3 > 5 ? duration / 3 : 5))"
 

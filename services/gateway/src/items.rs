@@ -12,17 +12,17 @@ use std::{
     time::Duration,
 };
 
-use reco_proto::feature::v1::Item;
 use reco_types::ItemId;
 use tokio::time::Instant;
 
-pub struct ItemCache {
+/// Values of type `V` (what the gateway makes of an item) by item id.
+pub struct ItemCache<V> {
     ttl: Duration,
     capacity: usize,
-    map: RwLock<foldhash::HashMap<ItemId, (Instant, Arc<Item>)>>,
+    map: RwLock<foldhash::HashMap<ItemId, (Instant, Arc<V>)>>,
 }
 
-impl ItemCache {
+impl<V> ItemCache<V> {
     pub fn new(ttl: Duration, capacity: usize) -> Self {
         Self {
             ttl,
@@ -35,7 +35,7 @@ impl ItemCache {
     pub fn get_many<'a>(
         &self,
         ids: impl IntoIterator<Item = &'a ItemId>,
-        mut hit: impl FnMut(&'a ItemId, Arc<Item>),
+        mut hit: impl FnMut(&'a ItemId, Arc<V>),
         missing: &mut Vec<String>,
     ) {
         let now = Instant::now();
@@ -48,7 +48,7 @@ impl ItemCache {
         }
     }
 
-    pub fn insert_many(&self, items: impl IntoIterator<Item = (ItemId, Arc<Item>)>) {
+    pub fn insert_many(&self, items: impl IntoIterator<Item = (ItemId, Arc<V>)>) {
         let now = Instant::now();
         let mut map = self.map.write().expect("item cache lock");
         for (id, item) in items {
@@ -70,6 +70,8 @@ impl ItemCache {
 
 #[cfg(test)]
 mod tests {
+    use reco_proto::feature::v1::Item;
+
     use super::*;
 
     fn item(id: &str) -> (ItemId, Arc<Item>) {
@@ -82,7 +84,7 @@ mod tests {
         )
     }
 
-    fn lookup(c: &ItemCache, ids: &[&str]) -> (Vec<String>, Vec<String>) {
+    fn lookup(c: &ItemCache<Item>, ids: &[&str]) -> (Vec<String>, Vec<String>) {
         let ids: Vec<ItemId> = ids.iter().map(|i| ItemId::parse("i", i).unwrap()).collect();
         let mut hits = Vec::new();
         let mut missing = Vec::new();

@@ -170,7 +170,39 @@ pub struct Pipeline {
     background: tokio_util::task::TaskTracker,
     /// Items (features, categories, embedding) of the active feature set, kept for `item_cache_ttl`: item
     /// features change slowly and most candidates recur, so most hydrations need no call at all.
-    items: Option<ItemCache>,
+    items: Option<ItemCache<Hydrated>>,
+}
+
+/// An item as the gateway keeps it: what the feature service answered, and the part of its features ranking
+/// reads (projected once, not on every request).
+pub struct Hydrated {
+    pub item: Item,
+    pub rank_features: Option<reco_proto::common::v1::Features>,
+}
+
+impl Hydrated {
+    fn new(item: Item) -> Self {
+        let rank_features = item
+            .features
+            .as_ref()
+            .map(|f| reco_proto::common::v1::Features {
+                values: rank_features::ITEM_INPUTS
+                    .iter()
+                    .filter_map(|k| f.values.get(*k).map(|v| (k.to_string(), v.clone())))
+                    .collect(),
+            });
+        Self {
+            item,
+            rank_features,
+        }
+    }
+}
+
+impl std::ops::Deref for Hydrated {
+    type Target = Item;
+    fn deref(&self) -> &Item {
+        &self.item
+    }
 }
 
 /// Most items the gateway's item cache holds.
@@ -493,7 +525,7 @@ impl Pipeline {
         }
 
         // hydrate: from the gateway's item cache, and the feature service for what it does not hold
-        let mut hydrated: foldhash::HashMap<ItemId, Arc<Item>> =
+        let mut hydrated: foldhash::HashMap<ItemId, Arc<Hydrated>> =
             foldhash::HashMap::with_capacity_and_hasher(merged.len(), Default::default());
         if merged.is_empty() {
             answer
@@ -550,12 +582,12 @@ impl Pipeline {
                 }
                 match out.value {
                     Some(resp) => {
-                        let fresh: Vec<(ItemId, Arc<Item>)> = resp
+                        let fresh: Vec<(ItemId, Arc<Hydrated>)> = resp
                             .items
                             .into_iter()
                             .filter_map(|item| {
                                 let id = ItemId::parse("item_id", &item.item_id).ok()?;
-                                Some((id, Arc::new(item)))
+                                Some((id, Arc::new(Hydrated::new(item))))
                             })
                             .collect();
                         if let Some(c) = cache {
@@ -588,19 +620,11 @@ impl Pipeline {
         }
 
         // rank: the model's inputs only (rank_features::ITEM_INPUTS, USER_INPUTS), not whole feature maps
-        let project = |f: &Option<reco_proto::common::v1::Features>, keep: &[&str]| {
-            f.as_ref().map(|f| reco_proto::common::v1::Features {
-                values: keep
-                    .iter()
-                    .filter_map(|k| f.values.get(*k).map(|v| (k.to_string(), v.clone())))
-                    .collect(),
-            })
-        };
         let rank_input = |m: &merge::Merged| {
             let item = hydrated.get(&m.item_id);
             RankCandidate {
                 item_id: m.item_id.to_string(),
-                item_features: item.and_then(|i| project(&i.features, rank_features::ITEM_INPUTS)),
+                item_features: item.and_then(|i| i.rank_features.clone()),
                 sources: m.sources.iter().cloned().map(Into::into).collect(),
                 embedding: item.map(|i| i.embedding.clone()).unwrap_or_default(),
                 categories: item.map(|i| i.categories.clone()).unwrap_or_default(),
@@ -619,10 +643,16 @@ impl Pipeline {
             let budget = deadline.carve(self.cfg.ranking_budget, Duration::ZERO);
             let msg = RankRequest {
                 user_id: q.user_id.to_string(),
-                user_features: project(
-                    &Some(user_features.clone().into()),
-                    rank_features::USER_INPUTS,
-                ),
+                user_features: Some(reco_proto::common::v1::Features {
+                    values: rank_features::USER_INPUTS
+                        .iter()
+                        .filter_map(|k| {
+                            user_features
+                                .get(k)
+                                .map(|v| (k.to_string(), v.clone().into()))
+                        })
+                        .collect(),
+                }),
                 user_embedding: user_embedding
                     .as_ref()
                     .map(|e| e.as_slice().to_vec())
@@ -678,7 +708,11 @@ impl Pipeline {
                 } else {
                     scores.get(&m.item_id).copied().unwrap_or(f32::MIN)
                 },
-                category: categories_of(&m.item_id).into_iter().next(),
+                category: hydrated.get(&m.item_id).and_then(|i| {
+                    i.categories
+                        .iter()
+                        .find_map(|c| Name::parse("category", c).ok())
+                }),
             })
             .collect();
         ranked.sort_by(|a, b| {
