@@ -101,13 +101,12 @@ async fn until(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_downstream_times_out_within_the_budget_opens_its_breaker_and_recovers() {
     let (mut p, user) = platform(("vector", 300)).await;
-    let healthy = recommend(&p, &user).await;
-    assert_eq!(
-        status(stage(&healthy, "recall.vector")),
-        StageStatus::Ok,
-        "{healthy:#?}"
-    );
-    assert!(!healthy.degraded);
+    // Healthy first (a debug build on a busy machine may need a call or two to warm its connections).
+    until(&p, &user, 20, Duration::from_millis(100), |r| {
+        status(stage(r, "recall.vector")) == StageStatus::Ok && !r.degraded
+    })
+    .await
+    .expect("a healthy platform answers in full");
 
     p.pause("vector-recall").unwrap();
     let cut = recommend(&p, &user).await;
@@ -156,8 +155,11 @@ async fn a_frozen_downstream_times_out_within_the_budget_opens_its_breaker_and_r
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_downstream_is_an_error_opens_its_breaker_and_recovers_on_restart() {
     let (mut p, user) = platform(("ranking", 1500)).await;
-    let healthy = recommend(&p, &user).await;
-    assert_eq!(status(stage(&healthy, "rank")), StageStatus::Ok);
+    let healthy = until(&p, &user, 20, Duration::from_millis(100), |r| {
+        status(stage(r, "rank")) == StageStatus::Ok
+    })
+    .await
+    .expect("a healthy platform ranks");
     assert!(!healthy.model_version.is_empty());
 
     p.kill("ranking").unwrap();
