@@ -171,6 +171,8 @@ pub struct Pipeline {
     /// Items (features, categories, embedding) of the active feature set, kept for `item_cache_ttl`: item
     /// features change slowly and most candidates recur, so most hydrations need no call at all.
     items: Option<ItemCache<Hydrated>>,
+    /// The sources' quotas, fixed by the plan.
+    policy: MergePolicy,
 }
 
 /// An item as the gateway keeps it: what the feature service answered, and the part of its features ranking
@@ -212,12 +214,24 @@ impl Pipeline {
     pub fn new(cfg: PipelineConfig, rpc: Rpcs, sources: Vec<Box<dyn RecallSource>>) -> Self {
         let items = (!cfg.item_cache_ttl.is_zero())
             .then(|| ItemCache::new(cfg.item_cache_ttl, ITEM_CACHE_CAPACITY));
+        let shares = |share: fn(&crate::spec::SourcePlan) -> Option<f32>| {
+            sources
+                .iter()
+                .filter_map(|s| share(s.plan()).map(|f| (s.plan().name.to_string(), f)))
+                .collect()
+        };
+        let policy = MergePolicy {
+            max_candidates: cfg.max_candidates,
+            max_share: shares(|p| (p.max_share < 1.0).then_some(p.max_share)),
+            min_share: shares(|p| (p.min_share > 0.0).then_some(p.min_share)),
+        };
         Self {
             cfg,
             rpc,
             sources,
             background: tokio_util::task::TaskTracker::new(),
             items,
+            policy,
         }
     }
 
@@ -400,28 +414,14 @@ impl Pipeline {
         }
 
         // merge
-        let policy = MergePolicy {
-            max_candidates: self.cfg.max_candidates,
-            max_share: self
-                .sources
-                .iter()
-                .filter(|s| s.plan().max_share < 1.0)
-                .map(|s| (s.plan().name.to_string(), s.plan().max_share))
-                .collect(),
-            min_share: self
-                .sources
-                .iter()
-                .filter(|s| s.plan().min_share > 0.0)
-                .map(|s| (s.plan().name.to_string(), s.plan().min_share))
-                .collect(),
-        };
+        let policy = &self.policy;
         let merge_started = Instant::now();
         let mut dropped = Vec::new();
         let mut merged = merge::merge(
             lists.clone(),
             &seen,
             &self.cfg.blocklist,
-            &policy,
+            policy,
             &mut dropped,
         );
         let mut merge_elapsed = merge_started.elapsed();
@@ -453,7 +453,7 @@ impl Pipeline {
                         lists.clone(),
                         &seen,
                         &self.cfg.blocklist,
-                        &policy,
+                        policy,
                         &mut dropped,
                     );
                     merge_elapsed += again.elapsed();
