@@ -358,7 +358,7 @@ impl Downstreams {
     }
 }
 
-/// A stage's call: the client method through `$svc`'s breaker, hedged when the plan says so.
+/// A stage's call: `$method` of `$client` behind `$breaker` (its downstream's), hedged when the plan lists `$stage`.
 macro_rules! rpc {
     ($plan:expr, $breaker:expr, $stage:expr, $client:expr, $method:ident) => {{
         let client = $client;
