@@ -444,7 +444,7 @@ pub fn pipeline(config: &Config, d: &Downstreams) -> anyhow::Result<Pipeline> {
                     search: rpc!(
                         plan,
                         &vector_b,
-                        &stage,
+                        stage,
                         VectorRecallClient::new(d.vector.clone()),
                         search
                     ),
@@ -454,14 +454,14 @@ pub fn pipeline(config: &Config, d: &Downstreams) -> anyhow::Result<Pipeline> {
                     recall: rpc!(
                         plan,
                         &graph_b,
-                        &stage,
+                        stage,
                         GraphRecallClient::new(d.graph.clone()),
                         recall
                     ),
                 }),
                 SourceKind::Popular => Box::new(PopularSource {
                     plan: plan_,
-                    popular: rpc!(plan, &feature_b, &stage, feature.clone(), get_popular_items),
+                    popular: rpc!(plan, &feature_b, stage, feature.clone(), get_popular_items),
                     ttl: Duration::from_millis(config.popular_ttl_ms),
                     kept: Default::default(),
                 }),

@@ -406,9 +406,7 @@ impl Pipeline {
         )
         .await;
         let mut lists = Vec::new();
-        let mut recall_summary = Vec::new();
         for (list, report) in recalls {
-            recall_summary.push(summary(&report));
             answer.stages.push(report);
             lists.extend(list);
         }
@@ -460,7 +458,6 @@ impl Pipeline {
                 }
                 report
             };
-            recall_summary.push(summary(&report));
             answer.stages.push(report);
         }
         let candidates_in: usize = lists.iter().map(Vec::len).sum();
@@ -833,6 +830,13 @@ impl Pipeline {
                     .map(|(i, id)| (id, i))
                     .collect();
                 answer.explanations.sort_by_key(|e| asked[&e.item_id]);
+                // What each recall stage did, from its report, for the items no source returned.
+                let recall_summary: Vec<String> = answer
+                    .stages
+                    .iter()
+                    .filter(|r| r.stage.starts_with("recall."))
+                    .map(summary)
+                    .collect();
                 for id in q.explain_items.iter().filter(|id| wanted.contains(id)) {
                     answer.explanations.push(Explanation {
                         item_id: id.clone(),
@@ -878,16 +882,16 @@ impl Pipeline {
             _ => s.skip_reason(rctx),
         };
         if let Some(why) = why {
-            return (None, StageReport::skipped(&stage, why));
+            return (None, StageReport::skipped(stage, why));
         }
         if let Some(list) = s.cached(rctx) {
-            let mut report = StageReport::skipped(&stage, "kept from a recent call");
+            let mut report = StageReport::skipped(stage, "kept from a recent call");
             report.status = StageStatus::Cached;
             report.candidates_out = list.len() as u32;
             return (Some(list), report);
         }
         let budget = deadline.carve(plan.budget, reserve);
-        let out = stage::run(&stage, budget, s.recall(rctx, budget)).await;
+        let out = stage::run(stage, budget, s.recall(rctx, budget)).await;
         let mut report = out.report;
         report.candidates_out = out.value.as_ref().map_or(0, |v| v.len() as u32);
         (out.value, report)

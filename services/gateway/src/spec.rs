@@ -139,12 +139,14 @@ pub struct SourcePlan {
     pub scenes: HashSet<String>,
     pub min_share: f32,
     pub max_share: f32,
+    /// The stage this source reports as: `recall.<name>`.
+    stage: String,
 }
 
 impl SourcePlan {
     /// The stage this source reports as.
-    pub fn stage(&self) -> String {
-        format!("recall.{}", self.name)
+    pub fn stage(&self) -> &str {
+        &self.stage
     }
 }
 
@@ -206,6 +208,7 @@ pub fn validate_sources(
             min_total += s.min_share;
         }
         plans.push(SourcePlan {
+            stage: format!("recall.{name}"),
             name,
             kind: s.kind,
             mode: s.mode,
@@ -244,7 +247,7 @@ pub fn validate_hedge(
             sources
                 .iter()
                 .filter(|s| s.kind != SourceKind::Cf)
-                .map(SourcePlan::stage),
+                .map(|p| p.stage().to_string()),
         )
         .collect();
     let mut out = HashSet::new();
