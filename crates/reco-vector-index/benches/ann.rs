@@ -22,7 +22,7 @@ use hdrhistogram::Histogram;
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 use rand_distr::{Distribution, Normal};
 use reco_types::{Embedding, ItemFilter, ItemId};
-use reco_vector_index::{HnswIndex, HnswParams, IndexedItem, Metric, VectorIndex};
+use reco_vector_index::{HnswIndex, HnswParams, IndexedItem, Metric, Precision, VectorIndex};
 
 const K: usize = 100;
 const M: usize = 16;
@@ -124,6 +124,18 @@ fn recall(truth: &[Vec<u32>], found: &[Vec<u32>]) -> f64 {
     hits as f64 / (truth.len() * K) as f64
 }
 
+/// How our index stores vectors: `RECO_BENCH_PRECISION` (f32, f16, bf16, i8), else the index's default.
+fn precision() -> Precision {
+    match std::env::var("RECO_BENCH_PRECISION").as_deref() {
+        Ok("f32") => Precision::F32,
+        Ok("f16") => Precision::F16,
+        Ok("bf16") => Precision::BF16,
+        Ok("i8") => Precision::I8,
+        Ok(other) => panic!("RECO_BENCH_PRECISION: unknown precision {other}"),
+        Err(_) => Precision::default(),
+    }
+}
+
 fn ours(
     base: &[Vec<f32>],
     qs: &[Vec<f32>],
@@ -134,9 +146,14 @@ fn ours(
         m: M,
         ef_construction: EF_CONSTRUCTION,
         ef_search: EFS[0],
-        ..HnswParams::default()
+        precision: precision(),
     };
-    let index = HnswIndex::new(64, Metric::InnerProduct, params).unwrap();
+    let metric = if params.precision == Precision::I8 {
+        Metric::Cosine
+    } else {
+        Metric::InnerProduct
+    };
+    let index = HnswIndex::new(64, metric, params).unwrap();
     let items: Vec<IndexedItem> = base
         .iter()
         .enumerate()
@@ -319,7 +336,7 @@ fn run(name: &str, base: Vec<Vec<f32>>, qs: Vec<Vec<f32>>, rt: &tokio::runtime::
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
         "  reco hnsw (usearch, vectors stored as {:?}): built in {build:.1} s ({cores} threads)",
-        HnswParams::default().precision
+        precision()
     );
     for p in &mine {
         println!(

@@ -136,8 +136,9 @@ pub struct Config {
         default_value_t = 0.2
     )]
     pub rebuild_garbage: f64,
-    /// How the HNSW graph stores vectors: f16 (half the memory, faster; components within ±65,504) or f32.
-    #[arg(long = "hnsw-precision", env = "RECO_HNSW_PRECISION", value_enum, default_value_t = PrecisionArg::F16)]
+    /// How the HNSW graph stores vectors: bf16 (half the memory, the fastest at equal recall), f16 (half the
+    /// memory; components within ±65,504), f32, or i8 (a quarter of the memory, lower recall; cosine only).
+    #[arg(long = "hnsw-precision", env = "RECO_HNSW_PRECISION", value_enum, default_value_t = PrecisionArg::Bf16)]
     pub hnsw_precision: PrecisionArg,
     #[command(flatten)]
     pub opensearch: OpenSearchArgs,
@@ -173,6 +174,8 @@ impl Config {
             precision: match self.hnsw_precision {
                 PrecisionArg::F32 => Precision::F32,
                 PrecisionArg::F16 => Precision::F16,
+                PrecisionArg::Bf16 => Precision::BF16,
+                PrecisionArg::I8 => Precision::I8,
             },
         }
     }
@@ -183,6 +186,8 @@ impl Config {
 pub enum PrecisionArg {
     F32,
     F16,
+    Bf16,
+    I8,
 }
 
 /// Opens the configured index: the one saved under `--data-dir` when there is one, else an empty first version;
