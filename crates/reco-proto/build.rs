@@ -28,6 +28,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // Maps (feature maps: a handful of entries each, one per item of a 200-item batch) as BTreeMap: one
+        // allocation and no hashing for a small map, where a HashMap hashes every key with SipHash and grows
+        // by rehashing; and a map encodes in one order, so equal messages encode to equal bytes.
+        .btree_map(".")
+        // prost over contiguous slices (src/codec.rs says why).
+        .codec_path("crate::codec::SliceCodec")
+        // Hand-written so that a server can send items it encoded once (src/encoded.rs says why).
+        .extern_path(
+            ".reco.feature.v1.BatchGetItemFeaturesResponse",
+            "crate::feature::v1::BatchGetItemFeaturesResponse",
+        )
         .compile_fds(descriptors)?;
     Ok(())
 }

@@ -19,6 +19,7 @@ pub mod gateway {
 pub mod feature {
     pub mod v1 {
         tonic::include_proto!("reco.feature.v1");
+        pub use crate::encoded::BatchGetItemFeaturesResponse;
     }
 }
 pub mod cache {
@@ -42,7 +43,9 @@ pub mod ranking {
     }
 }
 
+pub mod codec;
 pub mod conversions;
+mod encoded;
 
 /// Every reco service, message and enum as an encoded `FileDescriptorSet`, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
