@@ -10,12 +10,14 @@
 pub mod auth;
 mod client;
 mod health;
+mod item_cache;
 mod server;
 pub mod tls;
 
 pub use client::{
     TraceInterceptor, TracedChannel, channel, channel_tls, channel_with, wait_serving,
 };
+pub use item_cache::ItemCache;
 pub use server::{GrpcServer, ServerArgs, ServerError, shutdown_signal};
 
 use reco_types::ValidationError;

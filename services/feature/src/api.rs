@@ -12,17 +12,29 @@ use reco_types::{
     count,
 };
 
-use crate::Error;
+use crate::{Error, items::EncodedItems};
 
 /// The FeatureService implementation over any store.
 pub struct FeatureApi {
     store: Arc<dyn FeatureStore>,
     max_events: usize,
+    /// Item batches of the active version, answered from encoded items (None: built from the store every time).
+    items: Option<EncodedItems>,
 }
 
 impl FeatureApi {
     pub fn new(store: Arc<dyn FeatureStore>, max_events: usize) -> Self {
-        Self { store, max_events }
+        Self {
+            store,
+            max_events,
+            items: None,
+        }
+    }
+
+    /// Keeps the active version's items encoded for `ttl` (at most `capacity` of them).
+    pub fn with_item_cache(mut self, ttl: std::time::Duration, capacity: usize) -> Self {
+        self.items = Some(EncodedItems::new(ttl, capacity));
+        self
     }
 }
 
@@ -100,6 +112,18 @@ impl FeatureApi {
         check_batch("item_ids", item_ids.len())?;
         let ids = each("item_ids", item_ids, |s| ItemId::parse("", s))?;
         let version = version(&feature_version)?;
+        if let (None, Some(cache)) = (&version, &self.items) {
+            let active = self.store.active_version().await?;
+            let found = cache
+                .read(&*self.store, &active, &ids, include_embeddings)
+                .await?;
+            return Ok(pb::BatchGetItemFeaturesResponse {
+                encoded_items: found.items,
+                missing_item_ids: found.missing,
+                feature_version: active.into(),
+                ..Default::default()
+            });
+        }
         let items = self
             .store
             .items(version.as_ref(), &ids, include_embeddings)
@@ -119,6 +143,7 @@ impl FeatureApi {
             items: items.into_iter().map(Into::into).collect(),
             missing_item_ids,
             feature_version,
+            ..Default::default()
         })
     }
 
@@ -188,7 +213,13 @@ impl FeatureApi {
             Ok(i)
         })?;
         let version = version(&feature_version)?;
-        let written = self.store.put_items(version.as_ref(), items).await?;
+        let ids: Vec<ItemId> = items.iter().map(|i| i.item_id.clone()).collect();
+        let written = self.store.put_items(version.as_ref(), items).await;
+        if let Some(cache) = &self.items {
+            // Also after a failed write: part of it may have landed.
+            cache.forget(&ids);
+        }
+        let written = written?;
         Ok(pb::PutItemFeaturesResponse {
             written: written as u32,
         })

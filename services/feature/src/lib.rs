@@ -8,6 +8,7 @@
 
 mod api;
 mod error;
+mod items;
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -119,7 +120,12 @@ pub struct Config {
     /// one backend read (0 = off). Writes through this service invalidate at once; other writers' show within it.
     #[arg(long, env = "RECO_FEATURE_CACHE_TTL_MS", default_value_t = 0)]
     pub cache_ttl_ms: u64,
-    /// Most users (and as many items) the hot-key cache holds.
+    /// Keep the active version's items encoded this long, in ms, so that an item batch copies them into the answer
+    /// instead of reading, converting and encoding each item again (0 = off). Items written through this service
+    /// and a change of the active version show at once; items written to the store by anything else, within it.
+    #[arg(long, env = "RECO_FEATURE_ITEM_CACHE_TTL_MS", default_value_t = 30_000)]
+    pub item_cache_ttl_ms: u64,
+    /// Most users (and as many items) the hot-key cache holds; also the most items kept encoded.
     #[arg(long, env = "RECO_FEATURE_CACHE_CAPACITY", default_value_t = 100_000)]
     pub cache_capacity: u64,
     /// Events kept per user in the real-time sequence.
@@ -174,10 +180,17 @@ pub fn server(config: &Config, store: Arc<dyn FeatureStore>) -> GrpcServer {
     let probe = store.clone();
     GrpcServer::new("feature", config.server.clone())
         .write_rpcs(API, WRITE_RPCS)
-        .add_service(FeatureServiceServer::new(FeatureApi::new(
-            store,
-            config.max_events,
-        )))
+        .add_service(FeatureServiceServer::new({
+            let api = FeatureApi::new(store, config.max_events);
+            if config.item_cache_ttl_ms > 0 {
+                api.with_item_cache(
+                    std::time::Duration::from_millis(config.item_cache_ttl_ms),
+                    config.cache_capacity as usize,
+                )
+            } else {
+                api
+            }
+        }))
         .readiness(move || {
             let store = probe.clone();
             async move { store.ping().await.map_err(|e| e.to_string()) }

@@ -9,7 +9,6 @@
 mod api;
 pub mod budget;
 mod error;
-mod items;
 pub mod merge;
 mod metrics;
 pub mod pipeline;

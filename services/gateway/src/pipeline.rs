@@ -33,7 +33,7 @@ use reco_proto::{
     ranking::v1::{RankCandidate, RankRequest, RankResponse},
 };
 use reco_ranker::features as rank_features;
-use reco_server::TracedChannel;
+use reco_server::{ItemCache, TracedChannel};
 use reco_types::{
     Candidate, Embedding, FeatureVersion, ItemId, Name, Scene, SourceHit, StageReport, StageStatus,
     UserId,
@@ -43,7 +43,6 @@ use tracing::warn;
 
 use crate::{
     budget::Deadline,
-    items::ItemCache,
     merge::{self, DropReason, MergePolicy, Ranked},
     recall::{RecallContext, RecallSource},
     resilience::{Breaker, BreakerState, Call, StageService},

@@ -1,11 +1,10 @@
-//! The gateway's item cache: hydrated items (features, categories, embedding) of the active feature set, kept for
-//! a TTL. Item features change slowly and most candidates recur from request to request, so most hydrations need
-//! no call at all.
+//! A cache of what a service makes of an item (the gateway: the hydrated item; the feature service: the item's
+//! encoded answer), kept for a TTL. Item features change slowly and most items recur from request to request.
 //!
-//! A map under one lock rather than moka: a request looks up its ~200 candidates at once, and under one read lock
-//! that costs a fraction of moka's per-entry bookkeeping (which showed as 9% of the gateway's CPU at 300
-//! requests/s). Expiry is checked on read; the map is swept of expired entries when it reaches its capacity, and
-//! emptied if that is not enough.
+//! A map under one lock rather than moka: a request looks up its ~200 items at once, and under one read lock that
+//! costs a fraction of moka's per-entry bookkeeping (which showed as 9% of the gateway's CPU at 300 requests/s).
+//! Expiry is checked on read; the map is swept of expired entries when it reaches its capacity, and emptied if that
+//! is not enough.
 
 use std::{
     sync::{Arc, RwLock},
@@ -15,7 +14,7 @@ use std::{
 use reco_types::ItemId;
 use tokio::time::Instant;
 
-/// Values of type `V` (what the gateway makes of an item) by item id.
+/// Values of type `V` (what a service makes of an item) by item id.
 pub struct ItemCache<V> {
     ttl: Duration,
     capacity: usize,
@@ -62,9 +61,26 @@ impl<V> ItemCache<V> {
         }
     }
 
-    #[cfg(test)]
-    fn len(&self) -> usize {
+    /// Drops the entries of `ids` (their items were written).
+    pub fn forget<'a>(&self, ids: impl IntoIterator<Item = &'a ItemId>) {
+        let mut map = self.map.write().expect("item cache lock");
+        for id in ids {
+            map.remove(id);
+        }
+    }
+
+    /// Drops every entry.
+    pub fn clear(&self) {
+        self.map.write().expect("item cache lock").clear();
+    }
+
+    /// Entries held, live or expired.
+    pub fn len(&self) -> usize {
         self.map.read().expect("item cache lock").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -128,5 +144,19 @@ mod tests {
         assert!(c.len() <= 3);
         let (hits, _) = lookup(&c, &["f"]);
         assert_eq!(hits, ["f"], "the newest entry is kept");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn forgotten_and_cleared_entries_are_missed() {
+        let c = ItemCache::new(Duration::from_secs(30), 100);
+        c.insert_many([item("a"), item("b"), item("c")]);
+        c.forget(&[ItemId::parse("i", "b").unwrap()]);
+        assert_eq!(
+            lookup(&c, &["a", "b", "c"]),
+            (vec!["a".into(), "c".into()], vec!["b".into()])
+        );
+        c.clear();
+        assert!(c.is_empty());
+        assert_eq!(lookup(&c, &["a"]).1, ["a"]);
     }
 }
