@@ -552,3 +552,52 @@ async fn a_bad_pipeline_file_stops_the_gateway_with_the_reason() {
         .to_string();
     assert!(e.contains("pipeline.toml") && e.contains("line 1"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn items_answered_are_recorded_as_impressions_and_capped_next_time() {
+    let mut cfg = PlatformConfig::default();
+    cfg.gateway.frequency_cap = 1;
+    let t = TestPlatform::start_with(cfg).await;
+    let first = t
+        .recommend(RecommendRequest {
+            bypass_cache: true,
+            ..ask(&t.known_user)
+        })
+        .await
+        .unwrap();
+    assert!(
+        !first.degraded,
+        "a full answer is cached with its impressions"
+    );
+    let shown: HashSet<String> = first.items.iter().map(|i| i.item_id.clone()).collect();
+    assert_eq!(shown.len(), 10);
+
+    // The impressions are written after the answer, off its path: wait for them to land.
+    let mut next = None;
+    for _ in 0..100 {
+        let r = t
+            .recommend(RecommendRequest {
+                bypass_cache: true,
+                explain_item_ids: vec![first.items[0].item_id.clone()],
+                ..ask(&t.known_user)
+            })
+            .await
+            .unwrap();
+        if r.items.iter().all(|i| !shown.contains(&i.item_id)) {
+            next = Some(r);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let next = next.expect("the first answer's items are capped within 5 s");
+    assert_eq!(next.items.len(), 10, "other items take their places");
+    let e = &next.explanations[0];
+    assert_eq!(e.item_id, first.items[0].item_id);
+    assert_eq!(e.position, 0);
+    assert_eq!(
+        DropReason::try_from(e.dropped).unwrap(),
+        DropReason::FrequencyCap,
+        "{e:?}"
+    );
+    t.platform.shutdown().await.unwrap();
+}

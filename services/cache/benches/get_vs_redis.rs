@@ -148,6 +148,7 @@ fn main() {
                 scene: "home".into(),
                 items,
                 ttl_ms: 3_600_000,
+                record_impressions: false,
             })
             .await
             .unwrap();

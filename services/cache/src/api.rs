@@ -78,11 +78,23 @@ impl CacheApi {
             scene,
             items,
             ttl_ms,
+            record_impressions,
         } = r;
         let (u, s) = (user(&user_id)?, Scene::parse("scene", &scene)?);
         let items = candidates("items", items)?;
         let ttl = millis("ttl_ms", ttl_ms, DEFAULT_RESULT_TTL)?;
-        self.store.put_result(&u, &s, items, ttl).await?;
+        if record_impressions {
+            let ids: Vec<ItemId> = items.iter().map(|c| c.item_id.clone()).collect();
+            let (put, recorded) = tokio::join!(
+                self.store.put_result(&u, &s, items, ttl),
+                self.store
+                    .record_impressions(&u, &ids, reco_types::now_ms()),
+            );
+            put?;
+            recorded?;
+        } else {
+            self.store.put_result(&u, &s, items, ttl).await?;
+        }
         Ok(pb::PutRecommendationsResponse {})
     }
 

@@ -954,25 +954,27 @@ impl Pipeline {
         let ttl = self.cfg.result_ttl;
         let write_cache = !answer.degraded;
         self.background.spawn(async move {
-            let ids = items.iter().map(|c| c.item_id.clone()).collect();
-            // A degraded answer is not cached, so the next call gets a chance at a full one.
+            // One call when the answer is cached (a degraded answer is not, so the next call gets a chance at a
+            // full one): the cache service records the impressions with the result.
             if write_cache {
                 let put = PutRecommendationsRequest {
-                    user_id: user_id.clone(),
+                    user_id,
                     scene,
                     items,
                     ttl_ms: ttl.as_millis() as u64,
+                    record_impressions: true,
                 };
                 if let Err(error) = cache
                     .put_recommendations(request(put, Duration::from_millis(100)))
                     .await
                 {
-                    warn!(%error, "result cache write failed");
+                    warn!(%error, "result cache and impression write failed");
                 }
+                return;
             }
             let imp = RecordImpressionsRequest {
                 user_id,
-                item_ids: ids,
+                item_ids: items.into_iter().map(|c| c.item_id).collect(),
                 timestamp_ms: 0,
             };
             if let Err(error) = cache
