@@ -39,6 +39,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".reco.feature.v1.BatchGetItemFeaturesResponse",
             "crate::feature::v1::BatchGetItemFeaturesResponse",
         )
+        .extern_path(
+            ".reco.ranking.v1.RankRequest",
+            "crate::ranking::v1::RankRequest",
+        )
         .compile_fds(descriptors)?;
     Ok(())
 }

@@ -1,22 +1,31 @@
-//! `reco.feature.v1.BatchGetItemFeaturesResponse`, written by hand instead of generated (build.rs maps the proto
-//! message here with `extern_path`), so that a server can answer with items it encoded once and kept.
+//! Two messages written by hand instead of generated (build.rs maps them here with `extern_path`), so that a
+//! sender can put in parts it encoded once and kept: `reco.feature.v1.BatchGetItemFeaturesResponse` (the feature
+//! service's items) and `reco.ranking.v1.RankRequest` (the gateway's candidates, whose item part recurs from
+//! request to request while their sources change).
 //!
 //! Encoding 200 items with their embeddings (≈90 KB) was most of the feature service's work per item batch:
 //! cloning each cached item, converting it to its proto type and encoding it, on every request. An entry of
 //! `encoded_items` is an `Item` already encoded, and is written to the wire as one more entry of field 1, byte for
 //! byte what encoding the `Item` would write. A reader cannot tell the difference: decoding fills `items` as the
-//! generated type would, and `encoded_items` stays empty. The test below holds this type to the proto's fields.
+//! generated type would, and `encoded_items` stays empty. Likewise an [`EncodedCandidate`] is a `RankCandidate`
+//! whose fields but `sources` were encoded once. The tests below hold both types to the proto's fields.
+
+use std::collections::BTreeMap;
 
 use prost::{
     DecodeError, Message,
     bytes::{Buf, BufMut, Bytes},
     encoding::{
-        DecodeContext, WireType, encode_key, encode_varint, encoded_len_varint, key_len, message,
-        skip_field, string,
+        DecodeContext, WireType, btree_map, encode_key, encode_varint, encoded_len_varint, float,
+        key_len, message, skip_field, string, uint32,
     },
 };
 
-use crate::feature::v1::Item;
+use crate::{
+    common::v1::{Features, SourceHit},
+    feature::v1::Item,
+    ranking::v1::RankCandidate,
+};
 
 const ITEMS: u32 = 1;
 const MISSING_ITEM_IDS: u32 = 2;
@@ -106,6 +115,158 @@ impl Message for BatchGetItemFeaturesResponse {
         self.missing_item_ids.clear();
         self.feature_version.clear();
         self.encoded_items.clear();
+    }
+}
+
+/// `reco.ranking.v1.RankRequest`, with candidates that may come partly encoded.
+#[derive(Clone, PartialEq, Default, Debug)]
+pub struct RankRequest {
+    pub user_id: String,
+    pub user_features: Option<Features>,
+    pub user_embedding: Vec<f32>,
+    /// At most 2,000 (with `encoded_candidates`).
+    pub candidates: Vec<RankCandidate>,
+    /// Return only the best `top_n`; 0 means all.
+    pub top_n: u32,
+    /// Request context (device, locale, ...).
+    pub context: BTreeMap<String, String>,
+    /// Candidates whose item part was encoded once, sent after `candidates` as more candidates. Only a sender
+    /// fills it; a decoded request has every candidate in `candidates`.
+    pub encoded_candidates: Vec<EncodedCandidate>,
+}
+
+/// A `RankCandidate` as its item part (fields `item_id`, `item_features`, `embedding`, `categories` of a
+/// `RankCandidate`, encoded: [`EncodedCandidate::item_part`]) and its sources, which change per request.
+#[derive(Clone, PartialEq, Default, Debug)]
+pub struct EncodedCandidate {
+    pub item: Bytes,
+    pub sources: Vec<SourceHit>,
+}
+
+const CANDIDATE_SOURCES: u32 = 3;
+
+impl EncodedCandidate {
+    /// The item part of a candidate: `candidate` encoded without its sources.
+    pub fn item_part(candidate: &RankCandidate) -> Bytes {
+        debug_assert!(candidate.sources.is_empty(), "sources are sent per request");
+        Bytes::from(candidate.encode_to_vec())
+    }
+
+    fn body_len(&self) -> usize {
+        self.item.len() + message::encoded_len_repeated(CANDIDATE_SOURCES, &self.sources)
+    }
+}
+
+impl RankRequest {
+    /// How many candidates the request holds, decoded or encoded.
+    pub fn len(&self) -> usize {
+        self.candidates.len() + self.encoded_candidates.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Message for RankRequest {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        if !self.user_id.is_empty() {
+            string::encode(1, &self.user_id, buf);
+        }
+        if let Some(f) = &self.user_features {
+            message::encode(2, f, buf);
+        }
+        float::encode_packed(3, &self.user_embedding, buf);
+        message::encode_repeated(4, &self.candidates, buf);
+        for c in &self.encoded_candidates {
+            // A message's fields may come in any order: the item part, then the sources.
+            encode_key(4, WireType::LengthDelimited, buf);
+            encode_varint(c.body_len() as u64, buf);
+            buf.put_slice(&c.item);
+            message::encode_repeated(CANDIDATE_SOURCES, &c.sources, buf);
+        }
+        if self.top_n != 0 {
+            uint32::encode(5, &self.top_n, buf);
+        }
+        btree_map::encode(
+            string::encode,
+            string::encoded_len,
+            string::encode,
+            string::encoded_len,
+            6,
+            &self.context,
+            buf,
+        );
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), DecodeError> {
+        let (what, merged) = match tag {
+            1 => (
+                "user_id",
+                string::merge(wire_type, &mut self.user_id, buf, ctx),
+            ),
+            2 => (
+                "user_features",
+                message::merge(
+                    wire_type,
+                    self.user_features.get_or_insert_with(Default::default),
+                    buf,
+                    ctx,
+                ),
+            ),
+            3 => (
+                "user_embedding",
+                float::merge_repeated(wire_type, &mut self.user_embedding, buf, ctx),
+            ),
+            4 => (
+                "candidates",
+                message::merge_repeated(wire_type, &mut self.candidates, buf, ctx),
+            ),
+            5 => ("top_n", uint32::merge(wire_type, &mut self.top_n, buf, ctx)),
+            6 => (
+                "context",
+                btree_map::merge(string::merge, string::merge, &mut self.context, buf, ctx),
+            ),
+            _ => return skip_field(wire_type, tag, buf, ctx),
+        };
+        merged.map_err(|mut e| {
+            e.push("RankRequest", what);
+            e
+        })
+    }
+
+    fn encoded_len(&self) -> usize {
+        (if self.user_id.is_empty() {
+            0
+        } else {
+            string::encoded_len(1, &self.user_id)
+        }) + self
+            .user_features
+            .as_ref()
+            .map_or(0, |f| message::encoded_len(2, f))
+            + float::encoded_len_packed(3, &self.user_embedding)
+            + message::encoded_len_repeated(4, &self.candidates)
+            + self
+                .encoded_candidates
+                .iter()
+                .map(|c| key_len(4) + encoded_len_varint(c.body_len() as u64) + c.body_len())
+                .sum::<usize>()
+            + if self.top_n == 0 {
+                0
+            } else {
+                uint32::encoded_len(5, &self.top_n)
+            }
+            + btree_map::encoded_len(string::encoded_len, string::encoded_len, 6, &self.context)
+    }
+
+    fn clear(&mut self) {
+        *self = Self::default();
     }
 }
 
@@ -206,5 +367,109 @@ mod tests {
                 ("feature_version", FEATURE_VERSION as i32, ""),
             ]
         );
+    }
+
+    fn candidate(id: &str, sources: Vec<SourceHit>) -> RankCandidate {
+        RankCandidate {
+            item_id: id.into(),
+            item_features: item(id).features,
+            sources,
+            embedding: vec![1.0, 2.0],
+            categories: vec!["Comedy".into()],
+        }
+    }
+
+    #[test]
+    fn encoded_candidates_read_back_as_the_candidates_they_encode() {
+        let hit = |s: &str, rank| SourceHit {
+            source: s.into(),
+            rank,
+            score: 0.5,
+        };
+        let full = [
+            candidate("a", vec![hit("cf", 0)]),
+            candidate("b", vec![hit("cf", 1), hit("vector", 3)]),
+            candidate("c", vec![]),
+        ];
+        let base = RankRequest {
+            user_id: "u1".into(),
+            user_features: item("u").features,
+            user_embedding: vec![0.5, 0.25],
+            top_n: 7,
+            context: [("device".to_string(), "tv".to_string())].into(),
+            ..Default::default()
+        };
+        let decoded = RankRequest {
+            candidates: full.to_vec(),
+            ..base.clone()
+        };
+        let pre_encoded = RankRequest {
+            candidates: vec![full[0].clone()],
+            encoded_candidates: full[1..]
+                .iter()
+                .map(|c| EncodedCandidate {
+                    item: EncodedCandidate::item_part(&RankCandidate {
+                        sources: vec![],
+                        ..c.clone()
+                    }),
+                    sources: c.sources.clone(),
+                })
+                .collect(),
+            ..base
+        };
+        let wire = pre_encoded.encode_to_vec();
+        assert_eq!(wire.len(), pre_encoded.encoded_len());
+        assert_eq!(pre_encoded.len(), 3);
+        let back = RankRequest::decode(wire.as_slice()).unwrap();
+        assert_eq!(back, decoded);
+        assert_eq!(
+            RankRequest::decode(decoded.encode_to_vec().as_slice()).unwrap(),
+            decoded
+        );
+    }
+
+    #[test]
+    fn the_rank_request_fields_are_the_protos() {
+        assert_eq!(
+            fields("reco.ranking.v1", "RankRequest"),
+            [
+                ("user_id".to_string(), 1, String::new()),
+                ("user_features".into(), 2, ".reco.common.v1.Features".into()),
+                ("user_embedding".into(), 3, String::new()),
+                (
+                    "candidates".into(),
+                    4,
+                    ".reco.ranking.v1.RankCandidate".into()
+                ),
+                ("top_n".into(), 5, String::new()),
+                (
+                    "context".into(),
+                    6,
+                    ".reco.ranking.v1.RankRequest.ContextEntry".into()
+                ),
+            ]
+        );
+        assert_eq!(
+            fields("reco.ranking.v1", "RankCandidate")
+                .iter()
+                .find(|f| f.0 == "sources")
+                .map(|f| f.1),
+            Some(CANDIDATE_SOURCES as i32)
+        );
+    }
+
+    fn fields(package: &str, name: &str) -> Vec<(String, i32, String)> {
+        let set = prost_types::FileDescriptorSet::decode(crate::FILE_DESCRIPTOR_SET)
+            .expect("descriptors");
+        set.file
+            .iter()
+            .filter(|f| f.package() == package)
+            .flat_map(|f| &f.message_type)
+            .find(|m| m.name() == name)
+            .expect("the message is in the proto")
+            .field
+            .iter()
+            .map(|f| (f.name().to_string(), f.number(), f.type_name().to_string()))
+            .collect()
     }
 }

@@ -30,7 +30,7 @@ use reco_proto::{
         BatchGetItemFeaturesRequest, BatchGetItemFeaturesResponse, GetUserContextRequest,
         GetUserContextResponse, Item,
     },
-    ranking::v1::{RankCandidate, RankRequest, RankResponse},
+    ranking::v1::{EncodedCandidate, RankCandidate, RankRequest, RankResponse},
 };
 use reco_ranker::features as rank_features;
 use reco_server::{ItemCache, TracedChannel};
@@ -179,6 +179,9 @@ pub struct Pipeline {
 pub struct Hydrated {
     pub item: Item,
     pub rank_features: Option<reco_proto::common::v1::Features>,
+    /// The item's part of a ranking candidate (id, the model's item inputs, embedding, categories), encoded once
+    /// per cached item instead of built and encoded for every request.
+    pub rank_item: prost::bytes::Bytes,
 }
 
 impl Hydrated {
@@ -192,9 +195,17 @@ impl Hydrated {
                     .filter_map(|k| f.values.get(*k).map(|v| (k.to_string(), v.clone())))
                     .collect(),
             });
+        let rank_item = EncodedCandidate::item_part(&RankCandidate {
+            item_id: item.item_id.clone(),
+            item_features: rank_features.clone(),
+            sources: Vec::new(),
+            embedding: item.embedding.clone(),
+            categories: item.categories.clone(),
+        });
         Self {
             item,
             rank_features,
+            rank_item,
         }
     }
 }
@@ -615,16 +626,19 @@ impl Pipeline {
             answer.stages.push(report);
         }
 
-        // rank: the model's inputs only (rank_features::ITEM_INPUTS, USER_INPUTS), not whole feature maps
-        let rank_input = |m: &merge::Merged| {
-            let item = hydrated.get(&m.item_id);
-            RankCandidate {
-                item_id: m.item_id.to_string(),
-                item_features: item.and_then(|i| i.rank_features.clone()),
-                sources: m.sources.iter().cloned().map(Into::into).collect(),
-                embedding: item.map(|i| i.embedding.clone()).unwrap_or_default(),
-                categories: item.map(|i| i.categories.clone()).unwrap_or_default(),
-            }
+        // rank: the model's inputs only (rank_features::ITEM_INPUTS, USER_INPUTS), not whole feature maps; each
+        // item's part encoded once (Hydrated::rank_item), its sources per request
+        let rank_input = |m: &merge::Merged| EncodedCandidate {
+            item: hydrated.get(&m.item_id).map_or_else(
+                || {
+                    EncodedCandidate::item_part(&RankCandidate {
+                        item_id: m.item_id.to_string(),
+                        ..Default::default()
+                    })
+                },
+                |i| i.rank_item.clone(),
+            ),
+            sources: m.sources.iter().cloned().map(Into::into).collect(),
         };
         let mut scores: HashMap<ItemId, f32> = HashMap::new();
         if merged.is_empty() {
@@ -653,9 +667,10 @@ impl Pipeline {
                     .as_ref()
                     .map(|e| e.as_slice().to_vec())
                     .unwrap_or_default(),
-                candidates: merged.iter().map(rank_input).collect(),
+                candidates: Vec::new(),
                 top_n: 0,
                 context: q.context.clone().into_iter().collect(),
+                encoded_candidates: merged.iter().map(rank_input).collect(),
             };
             let out = stage::run("rank", budget, call(&self.rpc.rank, msg, budget)).await;
             let mut report = out.report;

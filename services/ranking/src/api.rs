@@ -48,6 +48,8 @@ impl RankingApi {
             candidates,
             top_n,
             context,
+            // Only a sender fills it: decoded, every candidate is in `candidates`.
+            encoded_candidates: _,
         } = r;
         check_candidates("candidates", candidates.len())?;
         if top_n as usize > MAX_CANDIDATES {
