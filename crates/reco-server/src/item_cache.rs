@@ -30,20 +30,19 @@ impl<V> ItemCache<V> {
         }
     }
 
-    /// Looks every id up under one read lock: `hit` gets each live entry, the others are pushed to `missing`.
+    /// Looks every id up under one read lock, in order: `each` gets the id and its live entry, or None.
     pub fn get_many<'a>(
         &self,
         ids: impl IntoIterator<Item = &'a ItemId>,
-        mut hit: impl FnMut(&'a ItemId, Arc<V>),
-        missing: &mut Vec<String>,
+        mut each: impl FnMut(&'a ItemId, Option<Arc<V>>),
     ) {
         let now = Instant::now();
         let map = self.map.read().expect("item cache lock");
         for id in ids {
-            match map.get(id) {
-                Some((at, item)) if now.duration_since(*at) < self.ttl => hit(id, item.clone()),
-                _ => missing.push(id.to_string()),
-            }
+            let live = map
+                .get(id)
+                .filter(|(at, _)| now.duration_since(*at) < self.ttl);
+            each(id, live.map(|(_, item)| item.clone()));
         }
     }
 
@@ -104,14 +103,13 @@ mod tests {
         let ids: Vec<ItemId> = ids.iter().map(|i| ItemId::parse("i", i).unwrap()).collect();
         let mut hits = Vec::new();
         let mut missing = Vec::new();
-        c.get_many(
-            &ids,
-            |id, item| {
+        c.get_many(&ids, |id, found| match found {
+            Some(item) => {
                 assert_eq!(id.as_str(), item.item_id);
                 hits.push(item.item_id.clone());
-            },
-            &mut missing,
-        );
+            }
+            None => missing.push(id.to_string()),
+        });
         (hits, missing)
     }
 

@@ -94,36 +94,40 @@ impl EncodedItems {
             }
         }
         let writes = self.writes.load(Ordering::Acquire);
-        let mut hits: HashMap<&ItemId, Arc<Encoded>> = HashMap::with_capacity(ids.len());
-        let mut missing = Vec::new();
-        self.cache
-            .get_many(ids, |id, e| drop(hits.insert(id, e)), &mut missing);
-        let mut read: HashMap<ItemId, Arc<Encoded>> = HashMap::new();
+        // One slot per id asked, in order: filled from the cache now, from the store for the rest.
+        let mut slots: Vec<Option<Arc<Encoded>>> = Vec::with_capacity(ids.len());
+        let mut missing: Vec<ItemId> = Vec::new();
+        self.cache.get_many(ids, |id, found| {
+            if found.is_none() {
+                missing.push(id.clone());
+            }
+            slots.push(found);
+        });
         if !missing.is_empty() {
-            let asked = missing
-                .iter()
-                .map(|id| ItemId::parse("item_ids", id))
-                .collect::<Result<Vec<_>, _>>()?;
-            read = store
-                .items(Some(active), &asked, true)
+            let read: HashMap<ItemId, Arc<Encoded>> = store
+                .items(Some(active), &missing, true)
                 .await?
                 .into_iter()
                 .map(|item| (item.item_id.clone(), Arc::new(Encoded::of(item))))
                 .collect();
+            for (slot, id) in slots.iter_mut().zip(ids) {
+                if slot.is_none() {
+                    *slot = read.get(id).cloned();
+                }
+            }
             // Cached only if no item was written and the active version did not change meanwhile (the version
             // lock is held while inserting, so a change cannot slip in between).
             let version = self.version.lock().expect("version lock");
             if version.as_ref() == Some(active) && self.writes.load(Ordering::Acquire) == writes {
-                self.cache
-                    .insert_many(read.iter().map(|(id, e)| (id.clone(), e.clone())));
+                self.cache.insert_many(read);
             }
         }
         let mut found = Found {
             items: Vec::with_capacity(ids.len()),
             missing: Vec::new(),
         };
-        for id in ids {
-            match hits.get(id).or_else(|| read.get(id)) {
+        for (slot, id) in slots.into_iter().zip(ids) {
+            match slot {
                 Some(e) => found.items.push(e.get(include_embeddings)),
                 None => found.missing.push(id.to_string()),
             }

@@ -178,7 +178,6 @@ pub struct Pipeline {
 /// reads (projected once, not on every request).
 pub struct Hydrated {
     pub item: Item,
-    pub rank_features: Option<reco_proto::common::v1::Features>,
     /// The item's part of a ranking candidate (id, the model's item inputs, embedding, categories), encoded once
     /// per cached item instead of built and encoded for every request.
     pub rank_item: prost::bytes::Bytes,
@@ -197,16 +196,12 @@ impl Hydrated {
             });
         let rank_item = EncodedCandidate::item_part(&RankCandidate {
             item_id: item.item_id.clone(),
-            item_features: rank_features.clone(),
+            item_features: rank_features,
             sources: Vec::new(),
             embedding: item.embedding.clone(),
             categories: item.categories.clone(),
         });
-        Self {
-            item,
-            rank_features,
-            rank_item,
-        }
+        Self { item, rank_item }
     }
 }
 
@@ -544,13 +539,10 @@ impl Pipeline {
             let cache = self.items.as_ref().filter(|_| q.feature_version.is_none());
             let mut missing = Vec::new();
             match cache {
-                Some(c) => c.get_many(
-                    merged.iter().map(|m| &m.item_id),
-                    |id, item| {
-                        hydrated.insert(id.clone(), item);
-                    },
-                    &mut missing,
-                ),
+                Some(c) => c.get_many(merged.iter().map(|m| &m.item_id), |id, found| match found {
+                    Some(item) => drop(hydrated.insert(id.clone(), item)),
+                    None => missing.push(id.to_string()),
+                }),
                 None => missing.extend(merged.iter().map(|m| m.item_id.to_string())),
             }
             let cached = hydrated.len();
