@@ -125,6 +125,7 @@ fn recall(truth: &[Vec<u32>], found: &[Vec<u32>]) -> f64 {
 }
 
 /// How our index stores vectors: `RECO_BENCH_PRECISION` (f32, f16, bf16, i8), else the index's default.
+/// `RECO_BENCH_RESCORE=1` re-scores the candidates with f32 copies (`HnswParams::rescore`).
 fn precision() -> Precision {
     match std::env::var("RECO_BENCH_PRECISION").as_deref() {
         Ok("f32") => Precision::F32,
@@ -147,6 +148,7 @@ fn ours(
         ef_construction: EF_CONSTRUCTION,
         ef_search: EFS[0],
         precision: precision(),
+        rescore: std::env::var("RECO_BENCH_RESCORE").as_deref() == Ok("1"),
     };
     let metric = if params.precision == Precision::I8 {
         Metric::Cosine

@@ -55,6 +55,12 @@ pub struct HnswParams {
     pub ef_search: usize,
     /// How vectors are stored.
     pub precision: Precision,
+    /// With a precision below f32: also keep each vector in f32 (4 bytes a component more), and re-score the
+    /// graph's `ef_search` candidates with it before taking the top k, so the answer's order and scores are
+    /// exact. Off by default: on our data it leaves recall at a given ef where it was (the walk's candidate list
+    /// limits recall, not the order within it) and costs a random read per candidate (BENCHMARKS.md).
+    #[serde(default)]
+    pub rescore: bool,
 }
 
 impl Default for HnswParams {
@@ -64,6 +70,7 @@ impl Default for HnswParams {
             ef_construction: 256,
             ef_search: 128,
             precision: Precision::default(),
+            rescore: false,
         }
     }
 }
@@ -87,6 +94,9 @@ struct Inner {
     index: Index,
     /// By key; None once removed.
     meta: Vec<Option<Meta>>,
+    /// Every key's vector in f32, `dimension` components from `key * dimension` (a removed key's stay until a
+    /// rebuild), when the graph's precision is below f32 and re-scoring is on; empty otherwise.
+    full: Vec<f32>,
     key_of: HashMap<ItemId, u64>,
     per_category: HashMap<Name, usize>,
     version: u64,
@@ -158,6 +168,7 @@ impl HnswIndex {
             inner: RwLock::new(Inner {
                 index,
                 meta: Vec::new(),
+                full: Vec::new(),
                 key_of: HashMap::new(),
                 per_category: HashMap::new(),
                 version: 0,
@@ -175,6 +186,16 @@ impl HnswIndex {
         (dir.join("index.usearch"), dir.join("index.meta.json"))
     }
 
+    /// The f32 copies of the vectors (see [`HnswParams::rescore`]): little-endian, by key.
+    fn full_file(dir: &Path) -> PathBuf {
+        dir.join("index.vectors.f32")
+    }
+
+    /// Whether f32 copies are kept for re-scoring.
+    fn keeps_full(params: &HnswParams) -> bool {
+        params.rescore && params.precision != Precision::F32
+    }
+
     /// Writes the index into `dir` (created if missing): each file to a temporary name, then renamed, so a crash
     /// mid-save leaves the previous save whole.
     pub fn save(&self, dir: &Path) -> Result<()> {
@@ -190,6 +211,19 @@ impl HnswIndex {
                     .ok_or_else(|| backend("save", "path is not UTF-8"))?,
             )
             .map_err(|e| backend("save", e))?;
+        if Self::keeps_full(&self.params) {
+            let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| backend("save", e))?;
+            let mut out = std::io::BufWriter::new(tmp.as_file_mut());
+            for x in &inner.full {
+                std::io::Write::write_all(&mut out, &x.to_le_bytes())
+                    .map_err(|e| backend("save", e))?;
+            }
+            std::io::Write::flush(&mut out).map_err(|e| backend("save", e))?;
+            drop(out);
+            tmp.as_file().sync_all().map_err(|e| backend("save", e))?;
+            tmp.persist(Self::full_file(dir))
+                .map_err(|e| backend("save", e))?;
+        }
         let saved = Saved {
             dimension: self.dimension,
             metric: self.metric.as_str().to_string(),
@@ -261,18 +295,43 @@ impl HnswIndex {
                 ),
             ));
         }
+        let full = if Self::keeps_full(&saved.params) {
+            Self::load_full(dir, &index, saved.meta.len(), dimension)?
+        } else {
+            Vec::new()
+        };
         Ok(Some(Self {
             dimension,
             metric,
             params: saved.params,
             inner: RwLock::new(Inner {
                 index,
+                full,
                 meta: saved.meta,
                 key_of,
                 per_category,
                 version: saved.version,
             }),
         }))
+    }
+
+    /// The f32 copies saved beside the graph; when they are missing or do not match the graph's keys (a save from
+    /// before re-scoring, or cut short), the graph's own vectors stand in for them.
+    fn load_full(dir: &Path, index: &Index, keys: usize, dimension: usize) -> Result<Vec<f32>> {
+        if let Ok(bytes) = std::fs::read(Self::full_file(dir))
+            && bytes.len() == keys * dimension * 4
+        {
+            return Ok(bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect());
+        }
+        let mut full = vec![0f32; keys * dimension];
+        for (key, v) in full.chunks_exact_mut(dimension.max(1)).enumerate() {
+            // A removed key is not in the graph any more: its slot stays zero and is never read.
+            let _ = index.get(key as u64, v);
+        }
+        Ok(full)
     }
 
     /// A fresh graph of the live items: after many replacements and removals a graph carries dead links, and a
@@ -284,13 +343,10 @@ impl HnswIndex {
         let mut buf = vec![0f32; self.dimension];
         for (key, m) in inner.meta.iter().enumerate() {
             let Some(m) = m else { continue };
-            inner
-                .index
-                .get(key as u64, &mut buf)
-                .map_err(|e| backend("read", e))?;
+            let v = inner.vector(key as u64, self.dimension, &mut buf)?;
             items.push(IndexedItem {
                 item_id: m.id.clone(),
-                vector: Embedding::parse("vector", buf.clone()).map_err(|e| backend("read", e))?,
+                vector: Embedding::parse("vector", v.to_vec()).map_err(|e| backend("read", e))?,
                 categories: m.categories.clone(),
             });
         }
@@ -341,8 +397,12 @@ impl HnswIndex {
         let first = inner.meta.len();
         let mut vectors: Vec<(u64, Embedding)> = Vec::with_capacity(n);
         let mut ids = Vec::with_capacity(n);
+        let keep = Self::keeps_full(&self.params);
         for item in items {
             let key = inner.meta.len() as u64;
+            if keep {
+                inner.full.extend_from_slice(item.vector.as_slice());
+            }
             inner.meta.push(Some(Meta {
                 id: item.item_id.clone(),
                 categories: item.categories,
@@ -355,6 +415,9 @@ impl HnswIndex {
                 let _ = inner.index.remove(*key);
             }
             inner.meta.truncate(first);
+            if keep {
+                inner.full.truncate(first * self.dimension);
+            }
             return Err(e);
         }
         for (id, (key, _)) in ids.into_iter().zip(&vectors) {
@@ -403,6 +466,18 @@ impl HnswIndex {
     }
 }
 
+impl Inner {
+    /// A key's vector: its f32 copy when one is kept, else read back from the graph into `buf`.
+    fn vector<'a>(&'a self, key: u64, dimension: usize, buf: &'a mut [f32]) -> Result<&'a [f32]> {
+        let at = key as usize * dimension;
+        if let Some(v) = self.full.get(at..at + dimension) {
+            return Ok(v);
+        }
+        self.index.get(key, buf).map_err(|e| backend("read", e))?;
+        Ok(buf)
+    }
+}
+
 fn forget(per_category: &mut HashMap<Name, usize>, categories: &[Name]) {
     for c in categories {
         if let Some(n) = per_category.get_mut(c) {
@@ -430,48 +505,59 @@ impl VectorIndex for HnswIndex {
         let unfiltered = filter.include_categories.is_empty()
             && filter.exclude_categories.is_empty()
             && filter.exclude_item_ids.is_empty();
-        let hit = |key: u64, distance: f32| {
+        let hit = |key: u64, score: f32| {
             inner.meta[key as usize].as_ref().map(|m| Hit {
                 item_id: m.id.clone(),
-                score: 1.0 - distance,
+                score,
             })
+        };
+        let qn = if self.metric == Metric::Cosine {
+            reco_types::dot(q, q).sqrt().max(f32::MIN_POSITIVE)
+        } else {
+            1.0
+        };
+        // The exact score of a key, from its f32 copy when one is kept.
+        let mut buf = vec![0f32; self.dimension];
+        let mut score = |key: u64| -> Result<f32> {
+            let v = inner.vector(key, self.dimension, &mut buf)?;
+            let s = reco_types::dot(q, v);
+            Ok(if self.metric == Metric::Cosine {
+                s / (qn * reco_types::dot(v, v).sqrt().max(f32::MIN_POSITIVE))
+            } else {
+                s
+            })
+        };
+        let best_k = |mut scored: Vec<(f32, u64)>| {
+            scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+            scored.truncate(k);
+            scored
+                .into_iter()
+                .filter_map(|(s, key)| hit(key, s))
+                .collect::<Vec<_>>()
         };
         if Self::passing_at_most(&inner, filter).is_some_and(|n| n < EXACT_BELOW) {
             // Few pass: score exactly every item that does.
-            let mut buf = vec![0f32; self.dimension];
-            let qn = if self.metric == Metric::Cosine {
-                reco_types::dot(q, q).sqrt().max(f32::MIN_POSITIVE)
-            } else {
-                1.0
-            };
             let mut scored: Vec<(f32, u64)> = Vec::new();
             for (key, m) in inner.meta.iter().enumerate() {
                 let Some(m) = m else { continue };
-                if !passes(m, filter) {
-                    continue;
+                if passes(m, filter) {
+                    scored.push((score(key as u64)?, key as u64));
                 }
-                inner
-                    .index
-                    .get(key as u64, &mut buf)
-                    .map_err(|e| backend("read", e))?;
-                let mut s = reco_types::dot(q, &buf);
-                if self.metric == Metric::Cosine {
-                    s /= qn * reco_types::dot(&buf, &buf).sqrt().max(f32::MIN_POSITIVE);
-                }
-                scored.push((s, key as u64));
             }
-            scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-            scored.truncate(k);
-            return Ok(scored
-                .into_iter()
-                .filter_map(|(s, key)| hit(key, 1.0 - s))
-                .collect());
+            return Ok(best_k(scored));
         }
-        // usearch widens the search to k candidates when k is over ef_search by itself.
-        let found = if unfiltered {
-            inner.index.search(q, k)
+        // With f32 copies kept, the whole candidate list of the walk (ef_search long) is re-scored exactly and
+        // the best k kept; usearch widens the walk to the count asked for when that is over ef_search.
+        let rescore = !inner.full.is_empty();
+        let count = if rescore {
+            k.max(inner.index.expansion_search())
         } else {
-            inner.index.filtered_search(q, k, |key| {
+            k
+        };
+        let found = if unfiltered {
+            inner.index.search(q, count)
+        } else {
+            inner.index.filtered_search(q, count, |key| {
                 inner
                     .meta
                     .get(key as usize)
@@ -480,11 +566,19 @@ impl VectorIndex for HnswIndex {
             })
         }
         .map_err(|e| backend("search", e))?;
+        if rescore {
+            let scored = found
+                .keys
+                .iter()
+                .map(|&key| Ok((score(key)?, key)))
+                .collect::<Result<Vec<_>>>()?;
+            return Ok(best_k(scored));
+        }
         Ok(found
             .keys
             .iter()
             .zip(&found.distances)
-            .filter_map(|(&key, &d)| hit(key, d))
+            .filter_map(|(&key, &d)| hit(key, 1.0 - d))
             .collect())
     }
 
@@ -496,11 +590,8 @@ impl VectorIndex for HnswIndex {
             let Some(&key) = inner.key_of.get(id) else {
                 continue;
             };
-            inner
-                .index
-                .get(key, &mut buf)
-                .map_err(|e| backend("read", e))?;
-            out.push(Embedding::parse("vector", buf.clone()).map_err(|e| backend("read", e))?);
+            let v = inner.vector(key, self.dimension, &mut buf)?;
+            out.push(Embedding::parse("vector", v.to_vec()).map_err(|e| backend("read", e))?);
         }
         Ok(out)
     }
@@ -580,12 +671,15 @@ mod tests {
     #[tokio::test]
     async fn every_precision_passes_the_shared_suite() {
         for precision in [Precision::F32, Precision::F16, Precision::I8] {
-            let params = HnswParams {
-                precision,
-                ..HnswParams::default()
-            };
-            let index = HnswIndex::new(4, Metric::Cosine, params).unwrap();
-            crate::suite::run_all(&index).await;
+            for rescore in [false, true] {
+                let params = HnswParams {
+                    precision,
+                    rescore,
+                    ..HnswParams::default()
+                };
+                let index = HnswIndex::new(4, Metric::Cosine, params).unwrap();
+                crate::suite::run_all(&index).await;
+            }
         }
     }
 
@@ -691,5 +785,70 @@ mod tests {
             .err()
             .unwrap();
         assert!(err.to_string().contains("4-dimensional"), "{err}");
+    }
+
+    /// Items whose vectors differ only below bfloat16's 8-bit mantissa: the graph cannot tell them apart, the
+    /// f32 copies can. Rescoring survives a save, a load and a rebuild; off (the default), the scores are bf16's.
+    #[tokio::test]
+    async fn rescoring_orders_by_the_exact_vectors_also_after_a_reload() {
+        let items = || {
+            (0..20)
+                .map(|i| IndexedItem {
+                    item_id: ItemId::parse("i", format!("i{i}")).unwrap(),
+                    // 1 + i/10000 rounds to 1.0 in bf16 (a step of 1/128 there) for every i here.
+                    vector: Embedding::parse("v", vec![1.0 + i as f32 / 10_000.0, 0.5]).unwrap(),
+                    categories: vec![
+                        Name::parse("c", if i % 2 == 0 { "even" } else { "odd" }).unwrap(),
+                    ],
+                })
+                .collect::<Vec<_>>()
+        };
+        let q = Embedding::parse("q", vec![1.0, 0.0]).unwrap();
+        let top = |hits: &[Hit]| {
+            hits.iter()
+                .map(|h| h.item_id.as_str().to_string())
+                .collect::<Vec<_>>()
+        };
+        let rescoring = HnswParams {
+            rescore: true,
+            ..HnswParams::default()
+        };
+        let index = HnswIndex::new(2, Metric::InnerProduct, rescoring).unwrap();
+        index.upsert(items()).await.unwrap();
+        let hits = index.search(&q, 3, &ItemFilter::default()).await.unwrap();
+        assert_eq!(top(&hits), ["i19", "i18", "i17"]);
+        assert!((hits[0].score - 1.0019).abs() < 1e-6, "{}", hits[0].score);
+        // A filtered search (not selective: half pass) is re-scored too; so is one answered exactly.
+        let odd = ItemFilter::parse(vec!["odd".into()], vec![], vec![]).unwrap();
+        assert_eq!(
+            top(&index.search(&q, 2, &odd).await.unwrap()),
+            ["i19", "i17"]
+        );
+        let v = index
+            .vectors(&[ItemId::parse("i", "i19").unwrap()])
+            .await
+            .unwrap();
+        assert_eq!(v[0].as_slice(), &[1.0019, 0.5]);
+
+        let dir = tempfile::tempdir().unwrap();
+        index.save(dir.path()).unwrap();
+        let loaded = HnswIndex::load(dir.path(), 2, Metric::InnerProduct)
+            .unwrap()
+            .unwrap();
+        let hits = loaded.search(&q, 3, &ItemFilter::default()).await.unwrap();
+        assert_eq!(top(&hits), ["i19", "i18", "i17"]);
+        let rebuilt = loaded.rebuilt().unwrap();
+        assert_eq!(
+            top(&rebuilt.search(&q, 3, &ItemFilter::default()).await.unwrap()),
+            ["i19", "i18", "i17"]
+        );
+
+        let off = HnswIndex::new(2, Metric::InnerProduct, HnswParams::default()).unwrap();
+        off.upsert(items()).await.unwrap();
+        let hits = off.search(&q, 3, &ItemFilter::default()).await.unwrap();
+        assert!(
+            hits.iter().all(|h| (h.score - 1.0).abs() < 1e-6),
+            "bf16 scores: {hits:?}"
+        );
     }
 }
