@@ -22,6 +22,7 @@ async fn open_and_closed_loop_runs_account_for_every_call() {
         users,
         items,
         timeout: Duration::from_secs(5),
+        decode_items: false,
     };
     let r = run(&cfg).await.unwrap();
     assert_eq!(r.sent, 40, "one call per 25 ms for a second");
@@ -32,6 +33,16 @@ async fn open_and_closed_loop_runs_account_for_every_call() {
         r.stages.keys()
     );
     assert!(r.table().contains("end to end") && r.json().contains("\"p99_ms\""));
+    assert_eq!(
+        r.by_second.iter().map(|h| h.len()).sum::<u64>(),
+        r.sent,
+        "every call is counted in the second it was due"
+    );
+    assert!(
+        r.by_second.len() <= 2,
+        "a one-second run: {}",
+        r.by_second.len()
+    );
 
     let r = run(&BenchConfig {
         target: Target::UserContext,
@@ -45,8 +56,21 @@ async fn open_and_closed_loop_runs_account_for_every_call() {
     assert!(r.sent > 0 && r.errors.is_empty(), "{:?}", r.errors);
     assert_eq!(r.ok, r.sent);
 
-    // Every single service can be loaded on its own, and answers every call.
+    // Every single service can be loaded on its own, and answers every call; item batches checked both with and
+    // without building their items.
     let a = &t.platform.addrs;
+    let r = run(&BenchConfig {
+        target: Target::ItemBatch,
+        addr: a.feature.to_string(),
+        rate: Some(20),
+        duration: Duration::from_millis(500),
+        warmup: Duration::ZERO,
+        decode_items: true,
+        ..cfg.clone()
+    })
+    .await
+    .unwrap();
+    assert_eq!((r.sent, r.ok), (10, 10), "{:?}", r.errors);
     for (target, addr) in [
         (Target::ItemBatch, a.feature),
         (Target::CacheGet, a.cache),

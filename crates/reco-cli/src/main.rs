@@ -91,6 +91,10 @@ struct BenchArgs {
     /// Print the figures as JSON too.
     #[arg(long)]
     json: bool,
+    /// item-batch: build each answered item as a Rust struct (as the gateway does) instead of reading the answer's
+    /// fields without building its items; the load generator then takes several times the CPU.
+    #[arg(long)]
+    decode_items: bool,
 }
 
 async fn bench(args: BenchArgs) -> anyhow::Result<()> {
@@ -124,6 +128,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         users,
         items,
         timeout: Duration::from_millis(args.timeout_ms),
+        decode_items: args.decode_items,
     };
     if args.find_max {
         let mut best: Option<(usize, f64, f64)> = None;
