@@ -22,7 +22,7 @@ async fn open_and_closed_loop_runs_account_for_every_call() {
         users,
         items,
         timeout: Duration::from_secs(5),
-        decode_items: false,
+        decode_answers: false,
     };
     let r = run(&cfg).await.unwrap();
     assert_eq!(r.sent, 40, "one call per 25 ms for a second");
@@ -44,17 +44,21 @@ async fn open_and_closed_loop_runs_account_for_every_call() {
         r.by_second.len()
     );
 
-    let r = run(&BenchConfig {
-        target: Target::UserContext,
-        addr: t.platform.addrs.feature.to_string(),
-        rate: None,
-        concurrency: 2,
-        ..cfg.clone()
-    })
-    .await
-    .unwrap();
-    assert!(r.sent > 0 && r.errors.is_empty(), "{:?}", r.errors);
-    assert_eq!(r.ok, r.sent);
+    // User contexts read both with and without building the answers.
+    for decode_answers in [false, true] {
+        let r = run(&BenchConfig {
+            target: Target::UserContext,
+            addr: t.platform.addrs.feature.to_string(),
+            rate: None,
+            concurrency: 2,
+            decode_answers,
+            ..cfg.clone()
+        })
+        .await
+        .unwrap();
+        assert!(r.sent > 0 && r.errors.is_empty(), "{:?}", r.errors);
+        assert_eq!(r.ok, r.sent);
+    }
 
     // Every single service can be loaded on its own, and answers every call; item batches checked both with and
     // without building their items.
@@ -65,7 +69,7 @@ async fn open_and_closed_loop_runs_account_for_every_call() {
         rate: Some(20),
         duration: Duration::from_millis(500),
         warmup: Duration::ZERO,
-        decode_items: true,
+        decode_answers: true,
         ..cfg.clone()
     })
     .await

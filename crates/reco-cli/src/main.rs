@@ -91,10 +91,10 @@ struct BenchArgs {
     /// Print the figures as JSON too.
     #[arg(long)]
     json: bool,
-    /// item-batch: build each answered item as a Rust struct (as the gateway does) instead of reading the answer's
-    /// fields without building its items; the load generator then takes several times the CPU.
+    /// user-context and item-batch: build each answer as Rust structs (as the gateway does) instead of reading
+    /// and checking its fields without building them; the load generator then takes several times the CPU.
     #[arg(long)]
-    decode_items: bool,
+    decode_answers: bool,
 }
 
 async fn bench(args: BenchArgs) -> anyhow::Result<()> {
@@ -128,7 +128,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         users,
         items,
         timeout: Duration::from_millis(args.timeout_ms),
-        decode_items: args.decode_items,
+        decode_answers: args.decode_answers,
     };
     if args.find_max {
         let mut best: Option<(usize, f64, f64)> = None;
