@@ -466,6 +466,35 @@ impl HnswIndex {
     }
 }
 
+impl HnswIndex {
+    /// The exact score against `q` of each key, from its f32 copy when one is kept.
+    fn exact_scores(
+        &self,
+        inner: &Inner,
+        q: &[f32],
+        keys: impl Iterator<Item = u64>,
+    ) -> Result<Vec<(f32, u64)>> {
+        let cosine = self.metric == Metric::Cosine;
+        let qn = if cosine {
+            reco_types::dot(q, q).sqrt().max(f32::MIN_POSITIVE)
+        } else {
+            1.0
+        };
+        let mut buf = vec![0f32; self.dimension];
+        keys.map(|key| {
+            let v = inner.vector(key, self.dimension, &mut buf)?;
+            let s = reco_types::dot(q, v);
+            let s = if cosine {
+                s / (qn * reco_types::dot(v, v).sqrt().max(f32::MIN_POSITIVE))
+            } else {
+                s
+            };
+            Ok((s, key))
+        })
+        .collect()
+    }
+}
+
 impl Inner {
     /// A key's vector: its f32 copy when one is kept, else read back from the graph into `buf`.
     fn vector<'a>(&'a self, key: u64, dimension: usize, buf: &'a mut [f32]) -> Result<&'a [f32]> {
@@ -511,22 +540,6 @@ impl VectorIndex for HnswIndex {
                 score,
             })
         };
-        let qn = if self.metric == Metric::Cosine {
-            reco_types::dot(q, q).sqrt().max(f32::MIN_POSITIVE)
-        } else {
-            1.0
-        };
-        // The exact score of a key, from its f32 copy when one is kept.
-        let mut buf = vec![0f32; self.dimension];
-        let mut score = |key: u64| -> Result<f32> {
-            let v = inner.vector(key, self.dimension, &mut buf)?;
-            let s = reco_types::dot(q, v);
-            Ok(if self.metric == Metric::Cosine {
-                s / (qn * reco_types::dot(v, v).sqrt().max(f32::MIN_POSITIVE))
-            } else {
-                s
-            })
-        };
         let best_k = |mut scored: Vec<(f32, u64)>| {
             scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
             scored.truncate(k);
@@ -537,14 +550,12 @@ impl VectorIndex for HnswIndex {
         };
         if Self::passing_at_most(&inner, filter).is_some_and(|n| n < EXACT_BELOW) {
             // Few pass: score exactly every item that does.
-            let mut scored: Vec<(f32, u64)> = Vec::new();
-            for (key, m) in inner.meta.iter().enumerate() {
-                let Some(m) = m else { continue };
-                if passes(m, filter) {
-                    scored.push((score(key as u64)?, key as u64));
-                }
-            }
-            return Ok(best_k(scored));
+            let passing = inner.meta.iter().enumerate().filter_map(|(key, m)| {
+                m.as_ref()
+                    .is_some_and(|m| passes(m, filter))
+                    .then_some(key as u64)
+            });
+            return Ok(best_k(self.exact_scores(&inner, q, passing)?));
         }
         // With f32 copies kept, the whole candidate list of the walk (ef_search long) is re-scored exactly and
         // the best k kept; usearch widens the walk to the count asked for when that is over ef_search.
@@ -567,11 +578,7 @@ impl VectorIndex for HnswIndex {
         }
         .map_err(|e| backend("search", e))?;
         if rescore {
-            let scored = found
-                .keys
-                .iter()
-                .map(|&key| Ok((score(key)?, key)))
-                .collect::<Result<Vec<_>>>()?;
+            let scored = self.exact_scores(&inner, q, found.keys.iter().copied())?;
             return Ok(best_k(scored));
         }
         Ok(found
