@@ -125,7 +125,8 @@ fn build(
         .initial_connection_window_size(CONNECTION_WINDOW);
     let channel = match tls {
         Some(tls) => endpoint.connect_with_connector_lazy(crate::tls::Connector(tls.clone())),
-        None => endpoint.connect_lazy(),
+        // HEADERS and DATA of a call in one write (see `coalesce`).
+        None => endpoint.connect_with_connector_lazy(crate::coalesce::TcpConnector),
     };
     Ok(InterceptedService::new(channel, interceptor))
 }

@@ -9,6 +9,7 @@
 
 pub mod auth;
 mod client;
+pub mod coalesce;
 mod health;
 mod item_cache;
 mod server;

@@ -246,7 +246,9 @@ impl ClientTls {
 pub struct Connector(pub Arc<ClientTls>);
 
 impl tower::Service<http::Uri> for Connector {
-    type Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
+    type Response = hyper_util::rt::TokioIo<
+        crate::coalesce::Coalescing<tokio_rustls::client::TlsStream<TcpStream>>,
+    >;
     type Error = std::io::Error;
     type Future = std::pin::Pin<
         Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
@@ -262,24 +264,19 @@ impl tower::Service<http::Uri> for Connector {
     fn call(&mut self, uri: http::Uri) -> Self::Future {
         let tls = self.0.clone();
         Box::pin(async move {
-            let invalid =
-                |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, why.to_string());
-            let host = uri
-                .host()
-                .ok_or_else(|| invalid("no host in the address"))?;
-            let host = host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_string();
-            let port = uri.port_u16().unwrap_or(443);
-            let name = rustls::pki_types::ServerName::try_from(host.clone())
-                .map_err(|_| invalid("not a host name or address"))?;
-            let tcp = TcpStream::connect((host.as_str(), port)).await?;
-            tcp.set_nodelay(true)?;
+            let (host, tcp) = crate::coalesce::connect_tcp(&uri, 443).await?;
+            let name = rustls::pki_types::ServerName::try_from(host).map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "not a host name or address",
+                )
+            })?;
             let stream = tokio_rustls::TlsConnector::from(tls.config())
                 .connect(name, tcp)
                 .await?;
-            Ok(hyper_util::rt::TokioIo::new(stream))
+            Ok(hyper_util::rt::TokioIo::new(
+                crate::coalesce::Coalescing::new(stream),
+            ))
         })
     }
 }
