@@ -194,6 +194,48 @@ async fn each_service_refuses_bad_input_with_the_reason() {
         .await,
         "candidates",
     );
+    // The service keeps the items it decoded: the same request answers the same the second time, and an item
+    // refused once (NaN in its embedding) is refused again, never kept.
+    let candidate = |id: &str, embedding: Vec<f32>, source: &str| ranking::RankCandidate {
+        item_id: id.into(),
+        embedding,
+        categories: vec!["Drama".into()],
+        sources: vec![reco_proto::common::v1::SourceHit {
+            source: source.into(),
+            rank: 0,
+            score: 0.5,
+        }],
+        ..Default::default()
+    };
+    let good = ranking::RankRequest {
+        user_id: "u1".into(),
+        user_embedding: vec![1.0, 0.0],
+        candidates: vec![
+            candidate("near", vec![1.0, 0.1], "vector"),
+            candidate("far", vec![-1.0, 0.1], "vector"),
+        ],
+        ..Default::default()
+    };
+    let first = r.rank(good.clone()).await.unwrap().into_inner();
+    let second = r.rank(good.clone()).await.unwrap().into_inner();
+    assert_eq!(first.scores, second.scores);
+    assert_eq!(first.scores[0].item_id, "near");
+    // The same items found by another source score differently: sources are read per request.
+    let mut other = good.clone();
+    for c in &mut other.candidates {
+        c.sources[0].source = "popular".into();
+    }
+    let third = r.rank(other).await.unwrap().into_inner();
+    assert_ne!(third.scores, first.scores);
+    for _ in 0..2 {
+        let mut bad = good.clone();
+        bad.candidates
+            .push(candidate("nan", vec![f32::NAN, 0.0], "vector"));
+        assert_invalid(r.rank(bad).await, "candidates[2].embedding[0]");
+    }
+    let mut bad_source = good.clone();
+    bad_source.candidates[1].sources[0].source = String::new();
+    assert_invalid(r.rank(bad_source).await, "candidates[1].sources[0]");
     t.platform.shutdown().await.unwrap();
 }
 

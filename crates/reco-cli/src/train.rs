@@ -136,13 +136,13 @@ pub fn examples(
         {
             hits.sort_by_key(|h| h.rank);
             let item = &snap.items[i];
-            let c = RankCandidate {
-                item_id: item.item_id.clone(),
-                features: item.features.clone(),
-                categories: item.categories.clone(),
-                sources: hits,
-                embedding: item.embedding.clone(),
-            };
+            let c = RankCandidate::new(
+                item.item_id.clone(),
+                item.features.clone(),
+                item.categories.clone(),
+                hits,
+                item.embedding.clone(),
+            );
             out.rows.push(
                 names
                     .iter()

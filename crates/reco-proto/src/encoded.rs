@@ -8,7 +8,10 @@
 //! `encoded_items` is an `Item` already encoded, and is written to the wire as one more entry of field 1, byte for
 //! byte what encoding the `Item` would write. A reader cannot tell the difference: decoding fills `items` as the
 //! generated type would, and `encoded_items` stays empty. Likewise an [`EncodedCandidate`] is a `RankCandidate`
-//! whose fields but `sources` were encoded once. The tests below hold both types to the proto's fields.
+//! whose fields but `sources` were encoded once. A decoded `RankRequest` keeps its candidates that way too: each
+//! candidate's item part as bytes, its sources decoded, so that a receiver can tell an item it has seen before by
+//! its bytes and skip decoding and validating it again (the ranking service does). The tests below hold both types
+//! to the proto's fields.
 
 use std::collections::BTreeMap;
 
@@ -16,8 +19,8 @@ use prost::{
     DecodeError, Message,
     bytes::{Buf, BufMut, Bytes},
     encoding::{
-        DecodeContext, WireType, btree_map, encode_key, encode_varint, encoded_len_varint, float,
-        key_len, message, skip_field, string, uint32,
+        DecodeContext, WireType, btree_map, decode_key, encode_key, encode_varint,
+        encoded_len_varint, float, key_len, message, skip_field, string, uint32,
     },
 };
 
@@ -124,14 +127,14 @@ pub struct RankRequest {
     pub user_id: String,
     pub user_features: Option<Features>,
     pub user_embedding: Vec<f32>,
-    /// At most 2,000 (with `encoded_candidates`).
+    /// At most 2,000 (with `encoded_candidates`). Only a sender fills it: decoding fills `encoded_candidates`.
     pub candidates: Vec<RankCandidate>,
     /// Return only the best `top_n`; 0 means all.
     pub top_n: u32,
     /// Request context (device, locale, ...).
     pub context: BTreeMap<String, String>,
-    /// Candidates whose item part was encoded once, sent after `candidates` as more candidates. Only a sender
-    /// fills it; a decoded request has every candidate in `candidates`.
+    /// Candidates whose item part was encoded once, sent after `candidates` as more candidates. A decoded request
+    /// has every candidate here, in the order sent: [`EncodedCandidate::decode_item`] reads its item part.
     pub encoded_candidates: Vec<EncodedCandidate>,
 }
 
@@ -150,6 +153,42 @@ impl EncodedCandidate {
     pub fn item_part(candidate: &RankCandidate) -> Bytes {
         debug_assert!(candidate.sources.is_empty(), "sources are sent per request");
         Bytes::from(candidate.encode_to_vec())
+    }
+
+    /// The candidate's fields but `sources`, decoded.
+    pub fn decode_item(&self) -> Result<RankCandidate, DecodeError> {
+        RankCandidate::decode(self.item.as_ref())
+    }
+
+    /// Reads one `RankCandidate` off the wire: its sources decoded, every other field kept as it came (key,
+    /// length and value) in the item part, so that the same item sent twice gives the same bytes. prost checks the
+    /// framing (`bytes::merge`, `skip_field`).
+    fn merge(
+        wire_type: WireType,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<EncodedCandidate, DecodeError> {
+        let mut body = Vec::new();
+        prost::encoding::bytes::merge(wire_type, &mut body, buf, ctx.clone())?;
+        let mut item = Vec::with_capacity(body.len());
+        let mut sources = Vec::new();
+        let mut rest = body.as_slice();
+        while !rest.is_empty() {
+            let start = body.len() - rest.len();
+            let (tag, wire_type) = decode_key(&mut rest)?;
+            if tag == CANDIDATE_SOURCES {
+                let mut hit = SourceHit::default();
+                message::merge(wire_type, &mut hit, &mut rest, ctx.clone())?;
+                sources.push(hit);
+            } else {
+                skip_field(wire_type, tag, &mut rest, ctx.clone())?;
+                item.extend_from_slice(&body[start..body.len() - rest.len()]);
+            }
+        }
+        Ok(EncodedCandidate {
+            item: Bytes::from(item),
+            sources,
+        })
     }
 
     fn body_len(&self) -> usize {
@@ -226,7 +265,8 @@ impl Message for RankRequest {
             ),
             4 => (
                 "candidates",
-                message::merge_repeated(wire_type, &mut self.candidates, buf, ctx),
+                EncodedCandidate::merge(wire_type, buf, ctx)
+                    .map(|c| self.encoded_candidates.push(c)),
             ),
             5 => ("top_n", uint32::merge(wire_type, &mut self.top_n, buf, ctx)),
             6 => (
@@ -420,12 +460,53 @@ mod tests {
         let wire = pre_encoded.encode_to_vec();
         assert_eq!(wire.len(), pre_encoded.encoded_len());
         assert_eq!(pre_encoded.len(), 3);
+        // Decoded, candidates come as item part and sources, and read back as the candidates sent.
+        let whole = |r: RankRequest| RankRequest {
+            candidates: r
+                .encoded_candidates
+                .iter()
+                .map(|c| RankCandidate {
+                    sources: c.sources.clone(),
+                    ..c.decode_item().unwrap()
+                })
+                .collect(),
+            encoded_candidates: Vec::new(),
+            ..r
+        };
         let back = RankRequest::decode(wire.as_slice()).unwrap();
-        assert_eq!(back, decoded);
+        assert!(back.candidates.is_empty());
+        assert_eq!(back.len(), 3);
+        assert_eq!(whole(back.clone()), decoded);
+        let generated = RankRequest::decode(decoded.encode_to_vec().as_slice()).unwrap();
+        assert_eq!(whole(generated.clone()), decoded);
+        // The same item gives the same item part, however it was sent.
+        for (a, b) in back
+            .encoded_candidates
+            .iter()
+            .zip(&generated.encoded_candidates)
+        {
+            assert_eq!(a.item, b.item);
+        }
+        // A candidate whose fields come in another order (sources first, the embedding unpacked) still reads back.
+        let mut odd = Vec::new();
+        message::encode(CANDIDATE_SOURCES, &hit("graph", 9), &mut odd);
+        string::encode(1, &"z".to_string(), &mut odd);
+        float::encode_repeated(4, &[1.5, -2.0], &mut odd);
+        let mut wire = Vec::new();
+        encode_key(4, WireType::LengthDelimited, &mut wire);
+        encode_varint(odd.len() as u64, &mut wire);
+        wire.extend_from_slice(&odd);
+        let c = &RankRequest::decode(wire.as_slice())
+            .unwrap()
+            .encoded_candidates[0];
+        assert_eq!(c.sources, vec![hit("graph", 9)]);
+        let item = c.decode_item().unwrap();
         assert_eq!(
-            RankRequest::decode(decoded.encode_to_vec().as_slice()).unwrap(),
-            decoded
+            (item.item_id.as_str(), item.embedding),
+            ("z", vec![1.5, -2.0])
         );
+        // A cut candidate is refused, not read short.
+        assert!(RankRequest::decode(&wire[..wire.len() - 2]).is_err());
     }
 
     #[test]

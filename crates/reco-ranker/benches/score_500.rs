@@ -50,13 +50,13 @@ fn main() {
                     score: 0.5,
                 });
             }
-            RankCandidate {
-                item_id: ItemId::parse("i", format!("item-{i}")).unwrap(),
-                features: f,
-                categories: vec![name(if i % 2 == 0 { "drama" } else { "action" })],
+            RankCandidate::new(
+                ItemId::parse("i", format!("item-{i}")).unwrap(),
+                f,
+                vec![name(if i % 2 == 0 { "drama" } else { "action" })],
                 sources,
-                embedding: Some(emb(i)),
-            }
+                Some(emb(i)),
+            )
         })
         .collect();
     let input = RankInput {

@@ -50,11 +50,84 @@ pub fn known() -> Vec<&'static str> {
     FEATURES.iter().map(|(n, _)| *n).collect()
 }
 
-fn source_score(c: &RankCandidate, source: &str) -> Option<(u32, f32)> {
-    c.sources
-        .iter()
-        .find(|s| s.source.as_str() == source)
-        .map(|s| (s.rank, s.score))
+/// A platform feature, resolved from its name once per model rather than matched by name for every value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Feature {
+    EmbeddingSimilarity,
+    CfScore,
+    CfRankReciprocal,
+    VectorScore,
+    GraphScore,
+    SourceCount,
+    LogPopularity,
+    AvgRating,
+    CategoryAffinity,
+    IsPopularFallback,
+}
+
+impl Feature {
+    fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "embedding_similarity" => Self::EmbeddingSimilarity,
+            "cf_score" => Self::CfScore,
+            "cf_rank_reciprocal" => Self::CfRankReciprocal,
+            "vector_score" => Self::VectorScore,
+            "graph_score" => Self::GraphScore,
+            "source_count" => Self::SourceCount,
+            "log_popularity" => Self::LogPopularity,
+            "avg_rating" => Self::AvgRating,
+            "category_affinity" => Self::CategoryAffinity,
+            "is_popular_fallback" => Self::IsPopularFallback,
+            _ => return None,
+        })
+    }
+}
+
+/// What every candidate of a request reads of the user, looked up once per request.
+struct UserSide<'a> {
+    input: &'a RankInput,
+    top_categories: Option<&'a [String]>,
+}
+
+impl<'a> UserSide<'a> {
+    fn new(input: &'a RankInput) -> Self {
+        Self {
+            input,
+            top_categories: input
+                .user_features
+                .get("top_categories")
+                .and_then(|v| v.as_string_list()),
+        }
+    }
+}
+
+/// What a candidate's sources say, read in one pass over them.
+#[derive(Default)]
+struct Found {
+    cf: Option<(u32, f32)>,
+    vector: Option<f32>,
+    graph: Option<f32>,
+    only_popular: bool,
+}
+
+impl Found {
+    fn new(c: &RankCandidate) -> Self {
+        let mut f = Found {
+            only_popular: !c.sources.is_empty(),
+            ..Default::default()
+        };
+        // The first hit of each source counts, as a search from the front would find it.
+        for s in &c.sources {
+            match s.source.as_str() {
+                "cf" => f.cf = f.cf.or(Some((s.rank, s.score))),
+                "vector" => f.vector = f.vector.or(Some(s.score)),
+                "graph" => f.graph = f.graph.or(Some(s.score)),
+                _ => {}
+            }
+            f.only_popular &= s.source.as_str() == "popular";
+        }
+        f
+    }
 }
 
 /// A feature's value for one candidate, and whether it was defaulted because its input was missing (no
@@ -89,67 +162,67 @@ pub fn value(name: &str, input: &RankInput, c: &RankCandidate) -> Option<f64> {
 
 /// [`value`], saying whether the value is a default standing in for a missing input.
 pub fn lookup(name: &str, input: &RankInput, c: &RankCandidate) -> Option<Lookup> {
+    let feature = Feature::parse(name)?;
+    Some(compute(feature, &UserSide::new(input), c, &Found::new(c)))
+}
+
+fn compute(feature: Feature, user: &UserSide<'_>, c: &RankCandidate, found: &Found) -> Lookup {
     let item_number = |f: &str, map: fn(f64) -> f64| {
-        c.features
+        c.item
+            .features
             .number(f)
             .map_or(Lookup::defaulted(0.0), |v| Lookup::present(map(v)))
     };
-    Some(match name {
-        "embedding_similarity" => match (&input.user_embedding, &c.embedding) {
+    match feature {
+        Feature::EmbeddingSimilarity => match (&user.input.user_embedding, &c.item.embedding) {
             (Some(u), Some(i)) if u.dimension() == i.dimension() => {
                 Lookup::present(u.cosine(i) as f64)
             }
             _ => Lookup::defaulted(0.0),
         },
-        "cf_score" => Lookup::present(source_score(c, "cf").map_or(0.0, |(_, s)| s as f64)),
-        "cf_rank_reciprocal" => {
-            Lookup::present(source_score(c, "cf").map_or(0.0, |(r, _)| 1.0 / (1.0 + r as f64)))
+        Feature::CfScore => Lookup::present(found.cf.map_or(0.0, |(_, s)| s as f64)),
+        Feature::CfRankReciprocal => {
+            Lookup::present(found.cf.map_or(0.0, |(r, _)| 1.0 / (1.0 + r as f64)))
         }
-        "vector_score" => Lookup::present(source_score(c, "vector").map_or(0.0, |(_, s)| s as f64)),
-        "graph_score" => Lookup::present(source_score(c, "graph").map_or(0.0, |(_, s)| s as f64)),
-        "source_count" => Lookup::present(c.sources.len() as f64),
-        "log_popularity" => item_number("popularity", |p| p.max(0.0).ln_1p()),
-        "avg_rating" => item_number("avg_rating", |r| r),
-        "category_affinity" => {
-            let top = input
-                .user_features
-                .get("top_categories")
-                .and_then(|v| v.as_string_list());
-            match top {
-                Some(top) if !c.categories.is_empty() => {
-                    let hits = c
-                        .categories
-                        .iter()
-                        .filter(|cat| top.iter().any(|t| t == cat.as_str()))
-                        .count();
-                    Lookup::present(hits as f64 / c.categories.len() as f64)
-                }
-                _ => Lookup::defaulted(0.0),
+        Feature::VectorScore => Lookup::present(found.vector.map_or(0.0, |s| s as f64)),
+        Feature::GraphScore => Lookup::present(found.graph.map_or(0.0, |s| s as f64)),
+        Feature::SourceCount => Lookup::present(c.sources.len() as f64),
+        Feature::LogPopularity => item_number("popularity", |p| p.max(0.0).ln_1p()),
+        Feature::AvgRating => item_number("avg_rating", |r| r),
+        Feature::CategoryAffinity => match user.top_categories {
+            Some(top) if !c.item.categories.is_empty() => {
+                let hits = c
+                    .item
+                    .categories
+                    .iter()
+                    .filter(|cat| top.iter().any(|t| t == cat.as_str()))
+                    .count();
+                Lookup::present(hits as f64 / c.item.categories.len() as f64)
             }
-        }
-        "is_popular_fallback" => {
-            let only_popular =
-                !c.sources.is_empty() && c.sources.iter().all(|s| s.source.as_str() == "popular");
-            Lookup::present(if only_popular { 1.0 } else { 0.0 })
-        }
-        _ => return None,
-    })
+            _ => Lookup::defaulted(0.0),
+        },
+        Feature::IsPopularFallback => Lookup::present(if found.only_popular { 1.0 } else { 0.0 }),
+    }
 }
 
 /// The feature rows of a request, one per candidate, in `names` order, with how many values of each feature were
 /// defaulted. Every model backend builds its input here, so the in-process model and a remote endpoint see the
 /// same numbers. Names must be platform features (models are checked at load); an unknown one reads as 0.
 pub fn matrix(names: &[String], input: &RankInput) -> (Vec<Vec<f64>>, Vec<u64>) {
+    let features: Vec<Option<Feature>> = names.iter().map(|n| Feature::parse(n)).collect();
+    let user = UserSide::new(input);
     let mut missing = vec![0u64; names.len()];
     let rows = input
         .candidates
         .iter()
         .map(|c| {
-            names
+            let found = Found::new(c);
+            features
                 .iter()
                 .zip(missing.iter_mut())
-                .map(|(name, miss)| {
-                    let l = lookup(name, input, c).unwrap_or(Lookup::defaulted(0.0));
+                .map(|(feature, miss)| {
+                    let l =
+                        feature.map_or(Lookup::defaulted(0.0), |f| compute(f, &user, c, &found));
                     *miss += l.missing as u64;
                     l.value
                 })
@@ -202,16 +275,18 @@ mod tests {
             ("tags", FeatureValue::StringList(vec!["classic".into()])),
         ]);
         let e = |v: &[f32]| Embedding::parse("embedding", v.to_vec()).unwrap();
-        let candidate = |f: Features| RankCandidate {
-            item_id: ItemId::parse("i", "m1").unwrap(),
-            features: f,
-            categories: vec![Name::parse("c", "Drama").unwrap()],
-            sources: vec![SourceHit {
-                source: Name::parse("s", "cf").unwrap(),
-                rank: 2,
-                score: 0.7,
-            }],
-            embedding: Some(e(&[0.1, 0.2, 0.3])),
+        let candidate = |f: Features| {
+            RankCandidate::new(
+                ItemId::parse("i", "m1").unwrap(),
+                f,
+                vec![Name::parse("c", "Drama").unwrap()],
+                vec![SourceHit {
+                    source: Name::parse("s", "cf").unwrap(),
+                    rank: 2,
+                    score: 0.7,
+                }],
+                Some(e(&[0.1, 0.2, 0.3])),
+            )
         };
         let input = |f: Features| RankInput {
             user_id: UserId::parse("u", "u1").unwrap(),
@@ -233,5 +308,61 @@ mod tests {
             );
             assert!(!lookup(name, &full_in, &full_c).unwrap().missing, "{name}");
         }
+    }
+
+    /// The rows models read are the values `lookup` gives (explain mode shows those), for every platform feature.
+    #[test]
+    fn matrix_rows_are_the_lookups() {
+        let e = |v: &[f32]| Embedding::parse("embedding", v.to_vec()).unwrap();
+        let hit = |s: &str, rank, score| SourceHit::parse(s, rank, score).unwrap();
+        let input = RankInput {
+            user_id: UserId::parse("u", "u1").unwrap(),
+            user_features: features(&[(
+                "top_categories",
+                FeatureValue::StringList(vec!["Drama".into()]),
+            )]),
+            user_embedding: Some(e(&[1.0, 0.0])),
+            candidates: vec![
+                RankCandidate::new(
+                    ItemId::parse("i", "a").unwrap(),
+                    features(&[("popularity", FeatureValue::Int(9))]),
+                    vec![
+                        Name::parse("c", "Drama").unwrap(),
+                        Name::parse("c", "War").unwrap(),
+                    ],
+                    vec![hit("vector", 0, 0.9), hit("cf", 4, 0.3), hit("cf", 1, 0.8)],
+                    Some(e(&[0.6, 0.8])),
+                ),
+                RankCandidate::new(
+                    ItemId::parse("i", "b").unwrap(),
+                    Features::new(),
+                    Vec::new(),
+                    vec![hit("popular", 0, 0.1)],
+                    None,
+                ),
+            ],
+            context: Default::default(),
+        };
+        let names: Vec<String> = known().iter().map(|n| n.to_string()).collect();
+        let (rows, missing) = matrix(&names, &input);
+        for (row, c) in rows.iter().zip(&input.candidates) {
+            for (v, n) in row.iter().zip(&names) {
+                assert_eq!(Some(*v), value(n, &input, c), "{n}");
+            }
+        }
+        let at = |n: &str| names.iter().position(|x| x == n).unwrap();
+        assert_eq!(
+            rows[0][at("cf_rank_reciprocal")],
+            1.0 / 5.0,
+            "the first cf hit counts"
+        );
+        assert_eq!(rows[0][at("category_affinity")], 0.5);
+        assert_eq!(rows[1][at("is_popular_fallback")], 1.0);
+        // b has no embedding, popularity, avg_rating or categories; a has no avg_rating.
+        assert_eq!(missing[at("avg_rating")], 2);
+        assert_eq!(missing[at("embedding_similarity")], 1);
+        assert_eq!(missing[at("cf_score")], 0);
+        let unknown = matrix(&["no_such_feature".to_string()], &input);
+        assert_eq!(unknown, (vec![vec![0.0], vec![0.0]], vec![2]));
     }
 }

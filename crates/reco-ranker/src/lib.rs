@@ -16,7 +16,7 @@ mod reload;
 pub mod sagemaker;
 pub mod train;
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use async_trait::async_trait;
 use reco_types::{Embedding, Features, ItemId, Name, SourceHit, UserId};
@@ -28,14 +28,45 @@ pub use sagemaker::{PayloadFormat, SageMakerConfig, SageMakerRanker};
 /// Most candidates one request may rank.
 pub const MAX_CANDIDATES: usize = reco_types::MAX_CANDIDATES;
 
-/// A candidate to score.
+/// What a candidate is, apart from how this request found it: the same from request to request, so a service
+/// can keep it (shared) rather than rebuild it for every request.
 #[derive(Clone, Debug, PartialEq)]
-pub struct RankCandidate {
+pub struct RankItem {
     pub item_id: ItemId,
     pub features: Features,
     pub categories: Vec<Name>,
-    pub sources: Vec<SourceHit>,
     pub embedding: Option<Embedding>,
+}
+
+/// A candidate to score: its item, and which recall sources found it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RankCandidate {
+    pub item: Arc<RankItem>,
+    pub sources: Vec<SourceHit>,
+}
+
+impl RankCandidate {
+    pub fn new(
+        item_id: ItemId,
+        features: Features,
+        categories: Vec<Name>,
+        sources: Vec<SourceHit>,
+        embedding: Option<Embedding>,
+    ) -> Self {
+        Self {
+            item: Arc::new(RankItem {
+                item_id,
+                features,
+                categories,
+                embedding,
+            }),
+            sources,
+        }
+    }
+
+    pub fn item_id(&self) -> &ItemId {
+        &self.item.item_id
+    }
 }
 
 /// A ranking request.
@@ -148,7 +179,7 @@ pub async fn rank(ranker: &dyn Ranker, input: &RankInput, top_n: usize) -> Resul
         .iter()
         .zip(scores)
         .map(|(c, score)| Scored {
-            item_id: c.item_id.clone(),
+            item_id: c.item.item_id.clone(),
             score,
         })
         .collect();

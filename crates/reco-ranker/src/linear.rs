@@ -156,17 +156,17 @@ mod tests {
     use crate::{RankCandidate, rank};
 
     fn cand(id: &str, sources: &[(&str, f32)]) -> RankCandidate {
-        RankCandidate {
-            item_id: ItemId::parse("i", id).unwrap(),
-            features: Features::new(),
-            categories: vec![Name::parse("c", "rock").unwrap()],
-            sources: sources
+        RankCandidate::new(
+            ItemId::parse("i", id).unwrap(),
+            Features::new(),
+            vec![Name::parse("c", "rock").unwrap()],
+            sources
                 .iter()
                 .enumerate()
                 .map(|(r, (s, sc))| SourceHit::parse(s, r as u32, *sc).unwrap())
                 .collect(),
-            embedding: None,
-        }
+            None,
+        )
     }
 
     #[tokio::test]
@@ -199,7 +199,7 @@ mod tests {
         )
         .unwrap();
         let mut rated = cand("rated", &[("cf", 0.5)]);
-        rated
+        std::sync::Arc::make_mut(&mut rated.item)
             .features
             .insert("avg_rating", reco_types::FeatureValue::Float(4.0));
         let input = RankInput {

@@ -275,12 +275,14 @@ mod tests {
             candidates: ids
                 .iter()
                 .enumerate()
-                .map(|(i, id)| RankCandidate {
-                    item_id: ItemId::parse("i", *id).unwrap(),
-                    features: Features::new(),
-                    categories: Vec::new(),
-                    sources: vec![SourceHit::parse("cf", i as u32, 1.0 - i as f32 / 10.0).unwrap()],
-                    embedding: None,
+                .map(|(i, id)| {
+                    RankCandidate::new(
+                        ItemId::parse("i", *id).unwrap(),
+                        Features::new(),
+                        Vec::new(),
+                        vec![SourceHit::parse("cf", i as u32, 1.0 - i as f32 / 10.0).unwrap()],
+                        None,
+                    )
                 })
                 .collect(),
             context: Default::default(),

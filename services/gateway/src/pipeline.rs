@@ -777,20 +777,20 @@ impl Pipeline {
                 context: q.context.clone(),
             };
             for m in &merged {
-                let rc = reco_ranker::RankCandidate {
-                    item_id: m.item_id.clone(),
-                    features: hydrated
+                let rc = reco_ranker::RankCandidate::new(
+                    m.item_id.clone(),
+                    hydrated
                         .get(&m.item_id)
                         .and_then(|i| conversions::features("features", i.features.clone()).ok())
                         .unwrap_or_default(),
-                    categories: categories_of(&m.item_id),
-                    sources: m.sources.clone(),
-                    embedding: hydrated.get(&m.item_id).and_then(|i| {
+                    categories_of(&m.item_id),
+                    m.sources.clone(),
+                    hydrated.get(&m.item_id).and_then(|i| {
                         Embedding::parse_optional("embedding", i.embedding.clone())
                             .ok()
                             .flatten()
                     }),
-                };
+                );
                 let features = rank_features::known()
                     .into_iter()
                     .filter_map(|f| {
@@ -804,7 +804,7 @@ impl Pipeline {
                 answer.explanations.push(Explanation {
                     item_id: m.item_id.clone(),
                     sources: m.sources.clone(),
-                    categories: rc.categories,
+                    categories: rc.item.categories.clone(),
                     features,
                     score: scores.get(&m.item_id).copied().unwrap_or(m.fused),
                     position: positions.get(&m.item_id).copied().unwrap_or(0),

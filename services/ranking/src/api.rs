@@ -2,24 +2,55 @@
 
 use std::sync::Arc;
 
+use prost::Message;
 use reco_proto::{
     conversions::{self, each},
     ranking::v1::{self as pb, ranking_server::Ranking},
 };
-use reco_ranker::{MAX_CANDIDATES, RankCandidate, RankInput, Ranker, rank};
+use reco_ranker::{MAX_CANDIDATES, RankCandidate, RankInput, RankItem, Ranker, rank};
 use reco_types::{Embedding, ItemId, Name, SourceHit, UserId, ValidationError, check_candidates};
 
-use crate::Error;
+use crate::{Error, items::DecodedItems};
+
+/// How many decoded items the service keeps unless told otherwise.
+pub const DEFAULT_ITEM_CACHE: usize = 100_000;
 
 /// The Ranking implementation over any model.
 pub struct RankingApi {
     ranker: Arc<dyn Ranker>,
+    items: DecodedItems,
 }
 
 impl RankingApi {
     pub fn new(ranker: Arc<dyn Ranker>) -> Self {
-        Self { ranker }
+        Self::with_item_cache(ranker, DEFAULT_ITEM_CACHE)
     }
+
+    /// Keeping at most `capacity` decoded items (0: none).
+    pub fn with_item_cache(ranker: Arc<dyn Ranker>, capacity: usize) -> Self {
+        Self {
+            ranker,
+            items: DecodedItems::new(capacity),
+        }
+    }
+}
+
+/// A candidate's item part, as it came on the wire, decoded and checked.
+fn item(part: &prost::bytes::Bytes) -> Result<RankItem, ValidationError> {
+    let pb::RankCandidate {
+        item_id,
+        item_features,
+        sources: _,
+        embedding,
+        categories,
+    } = pb::RankCandidate::decode(part.as_ref())
+        .map_err(|e| ValidationError::new("", format!("is malformed: {e}")))?;
+    Ok(RankItem {
+        item_id: ItemId::parse("item_id", &item_id)?,
+        features: conversions::features("item_features", item_features)?,
+        categories: each("categories", categories, |c| Name::parse("", c))?,
+        embedding: Embedding::parse_optional("embedding", embedding)?,
+    })
 }
 
 fn candidate(c: pb::RankCandidate) -> Result<RankCandidate, ValidationError> {
@@ -30,13 +61,13 @@ fn candidate(c: pb::RankCandidate) -> Result<RankCandidate, ValidationError> {
         embedding,
         categories,
     } = c;
-    Ok(RankCandidate {
-        item_id: ItemId::parse("item_id", &item_id)?,
-        features: conversions::features("item_features", item_features)?,
-        categories: each("categories", categories, |c| Name::parse("", c))?,
-        sources: each("sources", sources, SourceHit::try_from)?,
-        embedding: Embedding::parse_optional("embedding", embedding)?,
-    })
+    Ok(RankCandidate::new(
+        ItemId::parse("item_id", &item_id)?,
+        conversions::features("item_features", item_features)?,
+        each("categories", categories, |c| Name::parse("", c))?,
+        each("sources", sources, SourceHit::try_from)?,
+        Embedding::parse_optional("embedding", embedding)?,
+    ))
 }
 
 impl RankingApi {
@@ -48,10 +79,10 @@ impl RankingApi {
             candidates,
             top_n,
             context,
-            // Only a sender fills it: decoded, every candidate is in `candidates`.
-            encoded_candidates: _,
+            encoded_candidates,
         } = r;
-        check_candidates("candidates", candidates.len())?;
+        // Decoded off the wire, every candidate is in `encoded_candidates`; a caller in process may fill either.
+        check_candidates("candidates", candidates.len() + encoded_candidates.len())?;
         if top_n as usize > MAX_CANDIDATES {
             return Err(ValidationError::new(
                 "top_n",
@@ -63,7 +94,7 @@ impl RankingApi {
             user_id: UserId::parse("user_id", &user_id)?,
             user_features: conversions::features("user_features", user_features)?,
             user_embedding: Embedding::parse_optional("user_embedding", user_embedding)?,
-            candidates: each("candidates", candidates, candidate)?,
+            candidates: self.candidates(candidates, encoded_candidates)?,
             context: context.into_iter().collect(),
         };
         let ranked = rank(self.ranker.as_ref(), &input, top_n as usize).await?;
@@ -79,6 +110,27 @@ impl RankingApi {
             model_version: self.ranker.model_version(),
             missing_features: ranked.missing.into_iter().collect(),
         })
+    }
+
+    /// The domain candidates of a request, `candidates` first, then `encoded`, whose items are looked up by their
+    /// bytes among the items decoded before.
+    fn candidates(
+        &self,
+        candidates: Vec<pb::RankCandidate>,
+        encoded: Vec<pb::EncodedCandidate>,
+    ) -> Result<Vec<RankCandidate>, ValidationError> {
+        let first = candidates.len();
+        let mut out = each("candidates", candidates, candidate)?;
+        let parts: Vec<_> = encoded.iter().map(|c| &c.item).collect();
+        let items = self.items.get_or_decode(&parts, |i, part| {
+            item(part).map_err(|e| e.at("candidates", first + i))
+        })?;
+        for (i, (c, item)) in encoded.into_iter().zip(items).enumerate() {
+            let sources = each("sources", c.sources, SourceHit::try_from)
+                .map_err(|e| e.at("candidates", first + i))?;
+            out.push(RankCandidate { item, sources });
+        }
+        Ok(out)
     }
 
     async fn model_info(&self, _r: pb::ModelInfoRequest) -> Result<pb::ModelInfoResponse, Error> {
