@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use prost::Message;
 use reco_proto::{
+    common::v1 as pb_common,
     conversions::{self, each},
     ranking::v1::{self as pb, ranking_server::Ranking},
 };
@@ -35,25 +36,10 @@ impl RankingApi {
     }
 }
 
-/// A candidate's item part, as it came on the wire, decoded and checked.
-fn item(part: &prost::bytes::Bytes) -> Result<RankItem, ValidationError> {
-    let pb::RankCandidate {
-        item_id,
-        item_features,
-        sources: _,
-        embedding,
-        categories,
-    } = pb::RankCandidate::decode(part.as_ref())
-        .map_err(|e| ValidationError::new("", format!("is malformed: {e}")))?;
-    Ok(RankItem {
-        item_id: ItemId::parse("item_id", &item_id)?,
-        features: conversions::features("item_features", item_features)?,
-        categories: each("categories", categories, |c| Name::parse("", c))?,
-        embedding: Embedding::parse_optional("embedding", embedding)?,
-    })
-}
-
-fn candidate(c: pb::RankCandidate) -> Result<RankCandidate, ValidationError> {
+/// A candidate's fields but its sources, checked; and its sources as they came.
+fn rank_item(
+    c: pb::RankCandidate,
+) -> Result<(RankItem, Vec<pb_common::SourceHit>), ValidationError> {
     let pb::RankCandidate {
         item_id,
         item_features,
@@ -61,13 +47,28 @@ fn candidate(c: pb::RankCandidate) -> Result<RankCandidate, ValidationError> {
         embedding,
         categories,
     } = c;
-    Ok(RankCandidate::new(
-        ItemId::parse("item_id", &item_id)?,
-        conversions::features("item_features", item_features)?,
-        each("categories", categories, |c| Name::parse("", c))?,
-        each("sources", sources, SourceHit::try_from)?,
-        Embedding::parse_optional("embedding", embedding)?,
-    ))
+    let item = RankItem {
+        item_id: ItemId::parse("item_id", &item_id)?,
+        features: conversions::features("item_features", item_features)?,
+        categories: each("categories", categories, |c| Name::parse("", c))?,
+        embedding: Embedding::parse_optional("embedding", embedding)?,
+    };
+    Ok((item, sources))
+}
+
+/// A candidate's item part, as it came on the wire, decoded and checked.
+fn item(part: &prost::bytes::Bytes) -> Result<RankItem, ValidationError> {
+    let c = pb::RankCandidate::decode(part.as_ref())
+        .map_err(|e| ValidationError::new("", format!("is malformed: {e}")))?;
+    Ok(rank_item(c)?.0)
+}
+
+fn candidate(c: pb::RankCandidate) -> Result<RankCandidate, ValidationError> {
+    let (item, sources) = rank_item(c)?;
+    Ok(RankCandidate {
+        item: Arc::new(item),
+        sources: each("sources", sources, SourceHit::try_from)?,
+    })
 }
 
 impl RankingApi {
