@@ -194,8 +194,16 @@ async fn each_service_refuses_bad_input_with_the_reason() {
         .await,
         "candidates",
     );
-    // The service keeps the items it decoded: the same request answers the same the second time, and an item
-    // refused once (NaN in its embedding) is refused again, never kept.
+    t.platform.shutdown().await.unwrap();
+}
+
+/// The ranking service keeps the items it decoded (by their bytes): the same request answers the same the second
+/// time, sources are still read per request, and an item refused once (NaN in its embedding) is refused again,
+/// never kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ranking_keeps_the_items_it_decoded_but_never_a_refused_one() {
+    let t = TestPlatform::start().await;
+    let mut r = RankingClient::new(ch(t.platform.addrs.ranking));
     let candidate = |id: &str, embedding: Vec<f32>, source: &str| ranking::RankCandidate {
         item_id: id.into(),
         embedding,
