@@ -173,43 +173,33 @@ fn main() {
         let hreq = || tonic_health::pb::HealthCheckRequest {
             service: String::new(),
         };
-        for _ in 0..2000 {
-            health.check(hreq()).await.unwrap();
+        // 2,000 calls to warm up, then `n` timed ones.
+        macro_rules! health_rtt {
+            ($client:expr) => {{
+                let client = &mut $client;
+                for _ in 0..2000 {
+                    client.check(hreq()).await.unwrap();
+                }
+                let mut h = hist();
+                for _ in 0..n {
+                    let t = Instant::now();
+                    client.check(hreq()).await.unwrap();
+                    h.record(t.elapsed().as_nanos() as u64).unwrap();
+                }
+                h
+            }};
         }
-        let mut transport = hist();
-        for _ in 0..n {
-            let t = Instant::now();
-            health.check(hreq()).await.unwrap();
-            transport.record(t.elapsed().as_nanos() as u64).unwrap();
-        }
-        let mut bare = tonic_health::pb::health_client::HealthClient::new(
+        let transport = health_rtt!(health);
+        let bare_rtt = health_rtt!(tonic_health::pb::health_client::HealthClient::new(
             reco_server::channel(&bare_addr).unwrap(),
-        );
-        for _ in 0..2000 {
-            bare.check(hreq()).await.unwrap();
-        }
-        let mut bare_rtt = hist();
-        for _ in 0..n {
-            let t = Instant::now();
-            bare.check(hreq()).await.unwrap();
-            bare_rtt.record(t.elapsed().as_nanos() as u64).unwrap();
-        }
+        ));
         // The same bare server through a plain tonic channel, without reco's write coalescing.
-        let mut plain = tonic_health::pb::health_client::HealthClient::new(
+        let plain_rtt = health_rtt!(tonic_health::pb::health_client::HealthClient::new(
             tonic::transport::Endpoint::from_shared(format!("http://{bare_addr}"))
                 .unwrap()
                 .tcp_nodelay(true)
                 .connect_lazy(),
-        );
-        for _ in 0..2000 {
-            plain.check(hreq()).await.unwrap();
-        }
-        let mut plain_rtt = hist();
-        for _ in 0..n {
-            let t = Instant::now();
-            plain.check(hreq()).await.unwrap();
-            plain_rtt.record(t.elapsed().as_nanos() as u64).unwrap();
-        }
+        ));
         let mut grpc = hist();
         for _ in 0..n {
             let t = Instant::now();
