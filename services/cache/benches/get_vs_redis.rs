@@ -4,7 +4,11 @@
 //!   redis-benchmark GET            C client -> redis                     (the floor)
 //!   store HGET                     fred pool -> redis (+ JSON decode)    (what the backend adds)
 //!   gRPC GetRecommendations        tonic client -> cache service -> fred -> redis   (what a caller sees)
+//!   tonic + one fred GET           tonic client -> bare tonic server -> fred GET -> redis   (nothing of reco's)
 //! ```
+//!
+//! The last row is the floor of any cache service that answers a gRPC get by asking Redis, on this machine: a tonic
+//! server with none of reco's layers whose one handler does a single fred GET of a short string.
 //!
 //! One request in flight at a time (like `redis-benchmark -c 1`), so the figures are latencies, not throughput.
 //! Run: `cargo bench -p reco-cache --bench get_vs_redis` (needs redis-server and redis-benchmark on PATH).
@@ -23,6 +27,11 @@ use reco_proto::{
 };
 use reco_test_support::RedisServer;
 use reco_types::{Scene, UserId};
+use tonic_health::pb::{
+    HealthCheckRequest, HealthCheckResponse,
+    health_check_response::ServingStatus,
+    health_server::{Health, HealthServer},
+};
 
 struct Row {
     name: &'static str,
@@ -42,6 +51,39 @@ fn row(name: &'static str, h: &Histogram<u64>) -> Row {
         p99: us(0.99),
         p999: us(0.999),
         max: h.max() as f64 / 1000.0,
+    }
+}
+
+/// A health service whose check asks Redis for one short string first: tonic plus one fred GET, nothing else.
+struct GetThenAnswer(fred::clients::Client);
+
+#[tonic::async_trait]
+impl Health for GetThenAnswer {
+    async fn check(
+        &self,
+        _: tonic::Request<HealthCheckRequest>,
+    ) -> Result<tonic::Response<HealthCheckResponse>, tonic::Status> {
+        use fred::interfaces::KeysInterface;
+        let v: Option<String> = self
+            .0
+            .get("floor-key")
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let status = if v.is_some() {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        Ok(tonic::Response::new(HealthCheckResponse {
+            status: status as i32,
+        }))
+    }
+    type WatchStream = futures::stream::Empty<Result<HealthCheckResponse, tonic::Status>>;
+    async fn watch(
+        &self,
+        _: tonic::Request<HealthCheckRequest>,
+    ) -> Result<tonic::Response<Self::WatchStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not part of the bench"))
     }
 }
 
@@ -122,11 +164,42 @@ fn main() {
             ),
     );
 
+    // The floor: the same bare server, but its check first GETs a key from the same redis-server through fred.
+    let floor_listener = server_rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let floor_addr = floor_listener.local_addr().unwrap().to_string();
+    let floor_redis = server_rt.block_on(async {
+        use fred::interfaces::{ClientLike, KeysInterface};
+        let c = fred::types::Builder::from_config(
+            fred::types::config::Config::from_url(&redis.url()).unwrap(),
+        )
+        .with_connection_config(|c| {
+            c.tcp = fred::types::config::TcpConfig {
+                nodelay: Some(true),
+                ..Default::default()
+            }
+        })
+        .build()
+        .unwrap();
+        c.init().await.unwrap();
+        let _: () = c.set("floor-key", "ok", None, None, false).await.unwrap();
+        c
+    });
+    server_rt.spawn(
+        tonic::transport::Server::builder()
+            .add_service(HealthServer::new(GetThenAnswer(floor_redis)))
+            .serve_with_incoming(
+                tonic::transport::server::TcpIncoming::from(floor_listener)
+                    .with_nodelay(Some(true)),
+            ),
+    );
+
     let client_rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let (grpc, store, transport, bare_rtt, plain_rtt) = client_rt.block_on(async {
+    let (grpc, store, transport, bare_rtt, plain_rtt, floor) = client_rt.block_on(async {
         reco_server::wait_serving(&addr, Duration::from_secs(10))
             .await
             .unwrap();
@@ -200,6 +273,12 @@ fn main() {
                 .tcp_nodelay(true)
                 .connect_lazy(),
         ));
+        let floor = health_rtt!(tonic_health::pb::health_client::HealthClient::new(
+            tonic::transport::Endpoint::from_shared(format!("http://{floor_addr}"))
+                .unwrap()
+                .tcp_nodelay(true)
+                .connect_lazy(),
+        ));
         let mut grpc = hist();
         for _ in 0..n {
             let t = Instant::now();
@@ -233,7 +312,7 @@ fn main() {
             direct.record(t.elapsed().as_nanos() as u64).unwrap();
             assert!(r.is_some());
         }
-        (grpc, direct, transport, bare_rtt, plain_rtt)
+        (grpc, direct, transport, bare_rtt, plain_rtt, floor)
     });
 
     let (rb_p50, rb_p95, rb_p99, rb_max) = redis_benchmark(port, n);
@@ -243,6 +322,7 @@ fn main() {
         row("gRPC health check", &transport),
         row("bare tonic health check", &bare_rtt),
         row("  ... plain tonic channel", &plain_rtt),
+        row("tonic + one fred GET", &floor),
     ];
     println!("cache get latency, {n} sequential calls each, one redis-server (µs):");
     println!(
@@ -274,8 +354,13 @@ fn main() {
         rows[2].p99 - rows[3].p99,
     );
     println!(
-        "{{\"bench\":\"cache_get_vs_redis\",\"n\":{n},\"grpc_p50_us\":{:.1},\"grpc_p99_us\":{:.1},\"store_p99_us\":{:.1},\"redis_benchmark_p50_us\":{rb_p50:.1},\"redis_benchmark_p99_us\":{rb_p99:.1},\"added_p99_us\":{added:.1}}}",
-        rows[0].p50, rows[0].p99, rows[1].p99
+        "the floor (tonic + one fred GET, nothing of reco's) adds p50 {:.1} µs, p99 {:.1} µs over redis-benchmark",
+        rows[5].p50 - rb_p50,
+        rows[5].p99 - rb_p99
+    );
+    println!(
+        "{{\"bench\":\"cache_get_vs_redis\",\"n\":{n},\"grpc_p50_us\":{:.1},\"grpc_p99_us\":{:.1},\"store_p99_us\":{:.1},\"redis_benchmark_p50_us\":{rb_p50:.1},\"redis_benchmark_p99_us\":{rb_p99:.1},\"added_p99_us\":{added:.1},\"floor_p99_us\":{:.1}}}",
+        rows[0].p50, rows[0].p99, rows[1].p99, rows[5].p99
     );
     drop(server_rt);
 }
