@@ -201,6 +201,111 @@ async fn each_service_refuses_bad_input_with_the_reason() {
 /// time, sources are still read per request, and an item refused once (NaN in its embedding) is refused again,
 /// never kept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cache_begins_a_recommend_call_in_one_round_trip() {
+    let t = TestPlatform::start().await;
+    let mut c = CacheServiceClient::new(ch(t.platform.addrs.cache));
+    let user = "begin-user";
+    for (i, item) in ["m-1", "m-2"].into_iter().enumerate() {
+        c.push_event(cache::PushEventRequest {
+            user_id: user.into(),
+            event: Some(Event {
+                item_id: item.into(),
+                kind: "click".into(),
+                timestamp_ms: 1_000 + i as i64,
+                weight: 1.0,
+            }),
+            max_len: 0,
+        })
+        .await
+        .unwrap();
+    }
+    c.put_recommendations(cache::PutRecommendationsRequest {
+        user_id: user.into(),
+        scene: "home".into(),
+        items: vec![reco_proto::common::v1::Candidate {
+            item_id: "m-9".into(),
+            score: 0.5,
+            sources: Vec::new(),
+        }],
+        ttl_ms: 60_000,
+        record_impressions: false,
+    })
+    .await
+    .unwrap();
+    let begin =
+        |limit: Option<u32>, read_result: bool, recent_events: u32| cache::BeginRecommendRequest {
+            user_id: user.into(),
+            rate_limit: limit.map(|limit| cache::CheckRateLimitRequest {
+                key: format!("begin:{user}"),
+                limit,
+                window_ms: 60_000,
+                cost: 1,
+            }),
+            read_result,
+            scene: "home".into(),
+            recent_events,
+        };
+
+    // Allowed: the rate check, the cached result and the clicks (most recent first) in one answer.
+    let first = c
+        .begin_recommend(begin(Some(2), true, 10))
+        .await
+        .unwrap()
+        .into_inner();
+    let rate = first.rate_limit.unwrap();
+    assert!(rate.allowed);
+    assert_eq!(rate.remaining, 1);
+    let result = first.result.unwrap();
+    assert!(result.found);
+    assert_eq!(result.items[0].item_id, "m-9");
+    let clicks: Vec<_> = first
+        .recent_events
+        .iter()
+        .map(|e| e.item_id.as_str())
+        .collect();
+    assert_eq!(clicks, ["m-2", "m-1"]);
+
+    // Only the parts asked for.
+    let reads_only = c
+        .begin_recommend(begin(None, false, 1))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(reads_only.rate_limit.is_none() && reads_only.result.is_none());
+    assert_eq!(reads_only.recent_events.len(), 1);
+
+    // A bad part is refused by name and takes nothing from the allowance.
+    assert_invalid(
+        c.begin_recommend(begin(Some(0), true, 10)).await,
+        "rate_limit.limit",
+    );
+    assert_invalid(
+        c.begin_recommend(begin(Some(2), true, 20_000)).await,
+        "recent_events",
+    );
+    let mut no_user = begin(Some(2), true, 10);
+    no_user.user_id.clear();
+    assert_invalid(c.begin_recommend(no_user).await, "user_id");
+
+    // The second call takes the last of the allowance; the third is refused, with nothing read for it.
+    let second = c
+        .begin_recommend(begin(Some(2), true, 10))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(second.rate_limit.unwrap().remaining, 0);
+    let refused = c
+        .begin_recommend(begin(Some(2), true, 10))
+        .await
+        .unwrap()
+        .into_inner();
+    let rate = refused.rate_limit.unwrap();
+    assert!(!rate.allowed);
+    assert!(rate.retry_after_ms > 0);
+    assert!(refused.result.is_none() && refused.recent_events.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ranking_keeps_the_items_it_decoded_but_never_a_refused_one() {
     let t = TestPlatform::start().await;
     let mut r = RankingClient::new(ch(t.platform.addrs.ranking));

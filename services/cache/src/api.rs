@@ -46,6 +46,14 @@ fn millis(field: &str, ms: u64, default: Duration) -> Result<Duration, Validatio
     Ok(d)
 }
 
+/// Puts a part's validation error under its field in the enclosing request.
+fn within(e: Error, parent: &str) -> Error {
+    match e {
+        Error::Invalid(v) => Error::Invalid(v.within(parent)),
+        other => other,
+    }
+}
+
 /// A session id or rate-limit key: an opaque string with the id rules.
 fn key(field: &str, s: &str) -> Result<String, ValidationError> {
     check_id(field, s, MAX_ID_BYTES).map(|()| s.to_string())
@@ -216,6 +224,70 @@ impl CacheApi {
         })
     }
 
+    async fn begin_recommend(
+        &self,
+        r: pb::BeginRecommendRequest,
+    ) -> Result<pb::BeginRecommendResponse, Error> {
+        let pb::BeginRecommendRequest {
+            user_id,
+            rate_limit,
+            read_result,
+            scene,
+            recent_events,
+        } = r;
+        // Every part is checked before any runs, so a bad part touches nothing.
+        user(&user_id)?;
+        Scene::parse("scene", &scene)?;
+        if recent_events > 0 {
+            count("recent_events", recent_events, 0, 1, 10_000)?;
+        }
+        let rate = async {
+            match rate_limit {
+                Some(r) => self.check_rate_limit(r).await.map(Some),
+                None => Ok(None),
+            }
+        };
+        // The reads run beside the rate check rather than after it: one store round trip, not two. A refused
+        // call throws them away, which is rare and costs only the reads.
+        let result = async {
+            if !read_result {
+                return Ok(None);
+            }
+            let request = pb::GetRecommendationsRequest {
+                user_id: user_id.clone(),
+                scene: scene.clone(),
+            };
+            self.get_recommendations(request).await.map(Some)
+        };
+        let events = async {
+            if recent_events == 0 {
+                return Ok::<_, Error>(Vec::new());
+            }
+            let request = pb::GetRecentEventsRequest {
+                user_id: user_id.clone(),
+                limit: recent_events,
+            };
+            Ok(self.get_recent_events(request).await?.events)
+        };
+        let (rate, result, events) = tokio::join!(
+            async { rate.await.map_err(|e| within(e, "rate_limit")) },
+            result,
+            events
+        );
+        let rate = rate?;
+        if rate.as_ref().is_some_and(|r| !r.allowed) {
+            return Ok(pb::BeginRecommendResponse {
+                rate_limit: rate,
+                ..Default::default()
+            });
+        }
+        Ok(pb::BeginRecommendResponse {
+            rate_limit: rate,
+            result: result?,
+            recent_events: events?,
+        })
+    }
+
     async fn get_session(&self, r: pb::GetSessionRequest) -> Result<pb::GetSessionResponse, Error> {
         let id = key("session_id", &r.session_id)?;
         Ok(match self.store.get_session(&id).await? {
@@ -270,4 +342,5 @@ reco_server::delegate_rpcs! { CacheService => CacheApi {
     get_session(pb::GetSessionRequest) -> pb::GetSessionResponse;
     put_session(pb::PutSessionRequest) -> pb::PutSessionResponse;
     delete_session(pb::DeleteSessionRequest) -> pb::DeleteSessionResponse;
+    begin_recommend(pb::BeginRecommendRequest) -> pb::BeginRecommendResponse;
 }}

@@ -357,11 +357,15 @@ impl Downstreams {
     }
 }
 
-/// A stage's call: `$method` of `$client` behind `$breaker` (its downstream's), hedged when the plan lists `$stage`.
+/// A stage's call: `$method` of `$client` behind `$breaker` (its downstream's), hedged when the plan lists one of
+/// the stages it serves.
 macro_rules! rpc {
-    ($plan:expr, $breaker:expr, $stage:expr, $client:expr, $method:ident) => {{
+    ($plan:expr, $breaker:expr, [$($stage:expr),+], $client:expr, $method:ident) => {{
         let client = $client;
-        let hedge = $plan.hedged.contains($stage).then_some($plan.hedge);
+        let hedge = [$($stage),+]
+            .iter()
+            .any(|s| $plan.hedged.contains(*s))
+            .then_some($plan.hedge);
         stage_service($breaker, hedge, move |c: resilience::Call<_>| {
             let mut client = client.clone();
             async move {
@@ -390,43 +394,36 @@ pub fn pipeline(config: &Config, d: &Downstreams) -> anyhow::Result<Pipeline> {
     let cache = CacheServiceClient::new(d.cache.clone());
     let ranking = RankingClient::new(d.ranking.clone());
     let rpcs = Rpcs {
-        admission: rpc!(plan, &cache_b, "admission", cache.clone(), check_rate_limit),
-        result_cache: rpc!(
+        // One call serves three stages; hedged when any of them is.
+        begin: rpc!(
             plan,
             &cache_b,
-            "result_cache",
+            ["admission", "result_cache", "user_context.recent_clicks"],
             cache.clone(),
-            get_recommendations
+            begin_recommend
         ),
         user_context: rpc!(
             plan,
             &feature_b,
-            "user_context.features",
+            ["user_context.features"],
             feature.clone(),
             get_user_context
-        ),
-        recent_clicks: rpc!(
-            plan,
-            &cache_b,
-            "user_context.recent_clicks",
-            cache.clone(),
-            get_recent_events
         ),
         frequency_cap: rpc!(
             plan,
             &cache_b,
-            "frequency_cap",
+            ["frequency_cap"],
             cache.clone(),
             filter_capped
         ),
         hydrate: rpc!(
             plan,
             &feature_b,
-            "hydrate",
+            ["hydrate"],
             feature.clone(),
             batch_get_item_features
         ),
-        rank: rpc!(plan, &ranking_b, "rank", ranking, rank),
+        rank: rpc!(plan, &ranking_b, ["rank"], ranking, rank),
         cache,
         cache_breaker: cache_b,
     };
@@ -443,7 +440,7 @@ pub fn pipeline(config: &Config, d: &Downstreams) -> anyhow::Result<Pipeline> {
                     search: rpc!(
                         plan,
                         &vector_b,
-                        stage,
+                        [stage],
                         VectorRecallClient::new(d.vector.clone()),
                         search
                     ),
@@ -453,14 +450,20 @@ pub fn pipeline(config: &Config, d: &Downstreams) -> anyhow::Result<Pipeline> {
                     recall: rpc!(
                         plan,
                         &graph_b,
-                        stage,
+                        [stage],
                         GraphRecallClient::new(d.graph.clone()),
                         recall
                     ),
                 }),
                 SourceKind::Popular => Box::new(PopularSource {
                     plan: plan_,
-                    popular: rpc!(plan, &feature_b, stage, feature.clone(), get_popular_items),
+                    popular: rpc!(
+                        plan,
+                        &feature_b,
+                        [stage],
+                        feature.clone(),
+                        get_popular_items
+                    ),
                     ttl: Duration::from_millis(config.popular_ttl_ms),
                     kept: Default::default(),
                 }),

@@ -1,10 +1,10 @@
 //! The Recommend pipeline of DESIGN.md, stage by stage, each under a budget carved from the deadline.
 //!
 //! ```text
-//!   admission ─▶ result_cache ─hit─▶ answer
+//!   admission + result_cache + user_context.recent_clicks (one cache call) ─hit─▶ answer
 //!                    │ miss
 //!                    ▼
-//!   user_context.features ‖ user_context.recent_clicks
+//!   user_context.features
 //!                    ▼
 //!   recall.cf ‖ recall.vector ‖ recall.graph ‖ recall.popular
 //!                    ▼
@@ -20,9 +20,8 @@ use std::{
 use futures::future::join_all;
 use reco_proto::{
     cache::v1::{
-        CheckRateLimitRequest, CheckRateLimitResponse, FilterCappedRequest, FilterCappedResponse,
-        GetRecentEventsRequest, GetRecentEventsResponse, GetRecommendationsRequest,
-        GetRecommendationsResponse, PutRecommendationsRequest, RecordImpressionsRequest,
+        BeginRecommendRequest, BeginRecommendResponse, CheckRateLimitRequest, FilterCappedRequest,
+        FilterCappedResponse, PutRecommendationsRequest, RecordImpressionsRequest,
         cache_service_client::CacheServiceClient,
     },
     conversions,
@@ -51,11 +50,15 @@ use crate::{
 };
 
 /// Least time each kind of stage needs to be worth running; earlier stages leave this much for later ones.
-const MIN_CACHE: Duration = Duration::from_millis(1);
 const MIN_FEATURES: Duration = Duration::from_millis(3);
 const MIN_RECALL: Duration = Duration::from_millis(5);
 const MIN_HYDRATE: Duration = Duration::from_millis(3);
 const MIN_RANK: Duration = Duration::from_millis(5);
+
+/// The begin call's span name; its report is split into the three stages it serves.
+const BEGIN: &str = "admission+result_cache+recent_clicks";
+/// Recent clicks read with admission, to drop items the user has just seen.
+const RECENT_CLICKS: u32 = 50;
 
 /// How the pipeline runs; built from the gateway's flags.
 #[derive(Clone, Debug)]
@@ -148,10 +151,9 @@ pub enum PipelineError {
 /// The calls of the stages other than recall, each behind its downstream's breaker (and hedged if configured).
 #[derive(Clone)]
 pub struct Rpcs {
-    pub admission: StageService<CheckRateLimitRequest, CheckRateLimitResponse>,
-    pub result_cache: StageService<GetRecommendationsRequest, GetRecommendationsResponse>,
+    /// Admission, the result cache and recent clicks in one call (BeginRecommend).
+    pub begin: StageService<BeginRecommendRequest, BeginRecommendResponse>,
     pub user_context: StageService<GetUserContextRequest, GetUserContextResponse>,
-    pub recent_clicks: StageService<GetRecentEventsRequest, GetRecentEventsResponse>,
     pub frequency_cap: StageService<FilterCappedRequest, FilterCappedResponse>,
     pub hydrate: StageService<BatchGetItemFeaturesRequest, BatchGetItemFeaturesResponse>,
     pub rank: StageService<RankRequest, RankResponse>,
@@ -277,38 +279,15 @@ impl Pipeline {
     async fn run(self: &Arc<Self>, q: Query) -> Result<Answer, PipelineError> {
         let deadline = Deadline::new(Instant::now(), self.cfg.total, q.caller_timeout);
         let mut answer = Answer::default();
-        let after_admission = MIN_CACHE + MIN_FEATURES + MIN_RECALL + MIN_HYDRATE + MIN_RANK;
 
-        // admission
-        answer
-            .stages
-            .push(self.admission(&q, &deadline, after_admission).await?);
-
-        // result cache
-        let after_cache = MIN_FEATURES + MIN_RECALL + MIN_HYDRATE + MIN_RANK;
-        if q.bypass_cache || q.explain || !q.explain_items.is_empty() {
-            let why = if q.explain {
-                "explain asks for a fresh answer"
-            } else {
-                "bypass_cache"
-            };
-            answer
-                .stages
-                .push(StageReport::skipped("result_cache", why));
-        } else {
-            let budget = deadline.carve(self.cfg.cache_budget, after_cache);
-            let msg = GetRecommendationsRequest {
-                user_id: q.user_id.to_string(),
-                scene: q.scene.to_string(),
-            };
-            let out = stage::run(
-                "result_cache",
-                budget,
-                call(&self.rpc.result_cache, msg, budget),
-            )
-            .await;
-            let mut report = out.report;
-            if let Some(hit) = out.value.filter(|r| r.found) {
+        // admission, result cache and recent clicks: one BeginRecommend call to the cache service
+        let read_result = !(q.bypass_cache || q.explain || !q.explain_items.is_empty());
+        let mut begin = self.begin(&q, read_result, &deadline).await;
+        answer.stages.push(self.admission(&q, &begin)?);
+        if read_result {
+            let mut report = begin.part("result_cache");
+            let hit = begin.value.as_mut().and_then(|b| b.result.take());
+            if let Some(hit) = hit.filter(|r| r.found) {
                 let items: Vec<Candidate> =
                     conversions::candidates("items", hit.items).unwrap_or_default();
                 if !items.is_empty() {
@@ -329,13 +308,21 @@ impl Pipeline {
                 }
             }
             answer.stages.push(report);
+        } else {
+            let why = if q.explain {
+                "explain asks for a fresh answer"
+            } else {
+                "bypass_cache"
+            };
+            answer
+                .stages
+                .push(StageReport::skipped("result_cache", why));
         }
 
-        // user context: features, embedding, pool and sequence from the feature service, clicks from the cache
+        // user context: features, embedding, pool and sequence from the feature service (clicks came with admission)
         let after_context = MIN_RECALL + MIN_HYDRATE + MIN_RANK;
-        let (features_out, clicks_out) = {
+        let features_out = {
             let fb = deadline.carve(self.cfg.features_budget, after_context);
-            let cb = deadline.carve(self.cfg.cache_budget, after_context);
             let fmsg = GetUserContextRequest {
                 user_id: q.user_id.to_string(),
                 feature_version: q
@@ -346,28 +333,19 @@ impl Pipeline {
                 max_events: 0,
                 max_pool: self.cfg.max_candidates as u32,
             };
-            let cmsg = GetRecentEventsRequest {
-                user_id: q.user_id.to_string(),
-                limit: 50,
-            };
-            tokio::join!(
-                stage::run(
-                    "user_context.features",
-                    fb,
-                    call(&self.rpc.user_context, fmsg, fb)
-                ),
-                stage::run(
-                    "user_context.recent_clicks",
-                    cb,
-                    call(&self.rpc.recent_clicks, cmsg, cb)
-                ),
+            stage::run(
+                "user_context.features",
+                fb,
+                call(&self.rpc.user_context, fmsg, fb),
             )
+            .await
         };
+        let clicks_report = begin.part("user_context.recent_clicks");
+        let clicks = begin.value.map(|b| b.recent_events).unwrap_or_default();
         let context_answered = features_out.value.is_some();
         let ctx = features_out.value.unwrap_or_default();
-        let clicks = clicks_out.value.map(|c| c.events).unwrap_or_default();
         answer.stages.push(features_out.report);
-        answer.stages.push(clicks_out.report);
+        answer.stages.push(clicks_report);
 
         let user_features = conversions::features("features", ctx.features).unwrap_or_default();
         let user_embedding = Embedding::parse_optional("embedding", ctx.embedding)
@@ -903,35 +881,64 @@ impl Pipeline {
         (out.value, report)
     }
 
-    async fn admission(
+    /// The cache's part of the start of a request in one call: the rate check (when rate limiting is on), the
+    /// cached result (when `read_result`) and the recent clicks, under the cache's budget.
+    async fn begin(
         &self,
         q: &Query,
+        read_result: bool,
         deadline: &Deadline,
-        reserve: Duration,
-    ) -> Result<StageReport, PipelineError> {
-        let Some((limit, window)) = self.cfg.rate_limit else {
-            return Ok(StageReport::skipped("admission", "rate limiting is off"));
-        };
+    ) -> stage::Outcome<BeginRecommendResponse> {
+        let reserve = MIN_FEATURES + MIN_RECALL + MIN_HYDRATE + MIN_RANK;
         let budget = deadline.carve(self.cfg.cache_budget, reserve);
-        let msg = CheckRateLimitRequest {
-            key: format!("recommend:{}", q.user_id),
-            limit,
-            window_ms: window.as_millis() as u64,
-            cost: 1,
+        let msg = BeginRecommendRequest {
+            user_id: q.user_id.to_string(),
+            rate_limit: self
+                .cfg
+                .rate_limit
+                .map(|(limit, window)| CheckRateLimitRequest {
+                    key: format!("recommend:{}", q.user_id),
+                    limit,
+                    window_ms: window.as_millis() as u64,
+                    cost: 1,
+                }),
+            read_result,
+            scene: q.scene.to_string(),
+            recent_events: RECENT_CLICKS,
         };
-        let out = stage::run("admission", budget, call(&self.rpc.admission, msg, budget)).await;
-        match out.value {
-            Some(d) if !d.allowed => Err(PipelineError::RateLimited {
+        stage::run(BEGIN, budget, call(&self.rpc.begin, msg, budget)).await
+    }
+
+    /// Admission from the rate check's part of the begin call: refused, admitted, or failed open or closed.
+    fn admission(
+        &self,
+        q: &Query,
+        begin: &stage::Outcome<BeginRecommendResponse>,
+    ) -> Result<StageReport, PipelineError> {
+        if self.cfg.rate_limit.is_none() {
+            return Ok(StageReport::skipped("admission", "rate limiting is off"));
+        }
+        let report = begin.part("admission");
+        match begin.value.as_ref().map(|b| b.rate_limit.as_ref()) {
+            Some(Some(d)) if !d.allowed => Err(PipelineError::RateLimited {
                 user: q.user_id.clone(),
                 retry_after: Duration::from_millis(d.retry_after_ms),
             }),
-            Some(_) => Ok(out.report),
-            None if self.cfg.rate_limit_fail_open => {
-                let mut report = out.report;
+            Some(Some(_)) => Ok(report),
+            // A cache service that answered without the rate check it was asked for cannot be trusted with it.
+            Some(None) | None if self.cfg.rate_limit_fail_open => {
+                let mut report = report;
+                if report.status == StageStatus::Ok {
+                    report.status = StageStatus::Error;
+                    report.detail = "the cache service did not answer the rate check".into();
+                }
                 report.detail = format!("{}; failed open", report.detail);
                 Ok(report)
             }
-            None => Err(PipelineError::AdmissionUnavailable(out.report.detail)),
+            Some(None) => Err(PipelineError::AdmissionUnavailable(
+                "the cache service did not answer the rate check".into(),
+            )),
+            None => Err(PipelineError::AdmissionUnavailable(report.detail)),
         }
     }
 

@@ -17,6 +17,16 @@ pub struct Outcome<T> {
     pub report: StageReport,
 }
 
+impl<T> Outcome<T> {
+    /// The report of one of the stages a shared call serves: the call's report under that stage's name.
+    pub fn part(&self, stage: &str) -> StageReport {
+        StageReport {
+            stage: stage.to_string(),
+            ..self.report.clone()
+        }
+    }
+}
+
 /// Runs `fut` as stage `name` with `budget`. A zero budget skips the stage: there is no time left for it.
 pub async fn run<T, F>(name: &str, budget: Duration, fut: F) -> Outcome<T>
 where
