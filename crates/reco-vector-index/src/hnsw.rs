@@ -518,8 +518,9 @@ fn forget(per_category: &mut HashMap<Name, usize>, categories: &[Name]) {
     }
 }
 
-fn passes(m: &Meta, filter: &ItemFilter) -> bool {
-    filter.allows_categories(&m.categories) && !filter.exclude_item_ids.contains(&m.id)
+/// Whether the item at `key` passes the filter; `excluded` holds the keys of the filter's excluded ids, sorted.
+fn passes(key: u64, m: &Meta, filter: &ItemFilter, excluded: &[u64]) -> bool {
+    excluded.binary_search(&key).is_err() && filter.allows_categories(&m.categories)
 }
 
 #[async_trait]
@@ -531,9 +532,17 @@ impl VectorIndex for HnswIndex {
             return Ok(Vec::new());
         }
         let q = query.as_slice();
-        let unfiltered = filter.include_categories.is_empty()
-            && filter.exclude_categories.is_empty()
-            && filter.exclude_item_ids.is_empty();
+        // The excluded ids as index keys, looked up once per query: the walk then tests a key against a short
+        // sorted list instead of comparing an item's id with every excluded id at each node it visits.
+        let mut excluded: Vec<u64> = filter
+            .exclude_item_ids
+            .iter()
+            .filter_map(|id| inner.key_of.get(id).copied())
+            .collect();
+        excluded.sort_unstable();
+        excluded.dedup();
+        let by_category =
+            !filter.include_categories.is_empty() || !filter.exclude_categories.is_empty();
         let hit = |key: u64, score: f32| {
             inner.meta[key as usize].as_ref().map(|m| Hit {
                 item_id: m.id.clone(),
@@ -552,7 +561,7 @@ impl VectorIndex for HnswIndex {
             // Few pass: score exactly every item that does.
             let passing = inner.meta.iter().enumerate().filter_map(|(key, m)| {
                 m.as_ref()
-                    .is_some_and(|m| passes(m, filter))
+                    .is_some_and(|m| passes(key as u64, m, filter, &excluded))
                     .then_some(key as u64)
             });
             return Ok(best_k(self.exact_scores(&inner, q, passing)?));
@@ -565,18 +574,37 @@ impl VectorIndex for HnswIndex {
         } else {
             k
         };
-        let found = if unfiltered {
-            inner.index.search(q, count)
-        } else {
+        let mut found = if by_category {
             inner.index.filtered_search(q, count, |key| {
                 inner
                     .meta
                     .get(key as usize)
                     .and_then(Option::as_ref)
-                    .is_some_and(|m| passes(m, filter))
+                    .is_some_and(|m| passes(key, m, filter, &excluded))
             })
+        } else {
+            // Only ids excluded (a user's recent items): a plain walk for as many more as are excluded, and the
+            // excluded dropped after. The walk is the one an unfiltered query takes, with no call per node visited.
+            inner.index.search(q, count + excluded.len())
         }
         .map_err(|e| backend("search", e))?;
+        if !by_category && !excluded.is_empty() {
+            let keep: Vec<bool> = found
+                .keys
+                .iter()
+                .map(|k| excluded.binary_search(k).is_err())
+                .collect();
+            let mut flags = keep.iter();
+            found
+                .keys
+                .retain(|_| *flags.next().expect("one flag per key"));
+            let mut flags = keep.iter();
+            found
+                .distances
+                .retain(|_| *flags.next().expect("one flag per distance"));
+            found.keys.truncate(count);
+            found.distances.truncate(count);
+        }
         if rescore {
             let scored = self.exact_scores(&inner, q, found.keys.iter().copied())?;
             return Ok(best_k(scored));

@@ -71,6 +71,28 @@ pub async fn run_all(index: &dyn VectorIndex) {
         ["b"]
     );
 
+    // Several excluded (one unknown): still k of the rest, best first.
+    let not_ab =
+        ItemFilter::parse(vec![], vec![], vec!["a".into(), "zz".into(), "b".into()]).unwrap();
+    let mut got = ids(&index
+        .search(&q([1.0, 0.0, 0.0, 0.0]), 2, &not_ab)
+        .await
+        .unwrap())
+    .into_iter()
+    .map(str::to_string)
+    .collect::<Vec<_>>();
+    got.sort();
+    assert_eq!(got, ["c", "d"], "c and d tie at 0, ahead of e");
+    // Excluded ids and a category together.
+    let x_not_a = ItemFilter::parse(vec!["x".into()], vec![], vec!["a".into()]).unwrap();
+    assert_eq!(
+        ids(&index
+            .search(&q([1.0, 0.0, 0.0, 0.0]), 10, &x_not_a)
+            .await
+            .unwrap()),
+        ["c", "e"]
+    );
+
     // Upsert replaces.
     index
         .upsert(vec![item("e", [1.0, 0.0, 0.0, 0.0], "x")])
