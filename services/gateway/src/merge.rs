@@ -58,37 +58,37 @@ pub struct MergePolicy {
 
 /// Dedups the sources' lists (keeping every source that found an item), drops seen and blocked items, orders by
 /// reciprocal-rank fusion, applies per-source quotas and cuts to `max_candidates`.
-pub fn merge(
+pub fn merge<S: std::hash::BuildHasher, B: std::hash::BuildHasher>(
     lists: Vec<Vec<Candidate>>,
-    seen: &HashSet<ItemId>,
-    blocked: &HashSet<ItemId>,
+    seen: &HashSet<ItemId, S>,
+    blocked: &HashSet<ItemId, B>,
     policy: &MergePolicy,
     dropped: &mut Vec<Dropped>,
 ) -> Vec<Merged> {
-    let mut by_id: HashMap<ItemId, Merged> = HashMap::new();
-    let mut order: Vec<ItemId> = Vec::new();
+    // First sight order, with an index from id to place: one hash of each id, no second copy of it.
+    let total: usize = lists.iter().map(Vec::len).sum();
+    let mut at: foldhash::HashMap<ItemId, usize> =
+        foldhash::HashMap::with_capacity_and_hasher(total, Default::default());
+    let mut order: Vec<Merged> = Vec::with_capacity(total);
     for list in lists {
         for c in list {
-            match by_id.get_mut(&c.item_id) {
-                Some(m) => m.sources.extend(c.sources),
+            match at.get(&c.item_id) {
+                Some(&i) => order[i].sources.extend(c.sources),
                 None => {
-                    order.push(c.item_id.clone());
-                    by_id.insert(
-                        c.item_id.clone(),
-                        Merged {
-                            item_id: c.item_id,
-                            sources: c.sources,
-                            fused: 0.0,
-                        },
-                    );
+                    at.insert(c.item_id.clone(), order.len());
+                    order.push(Merged {
+                        item_id: c.item_id,
+                        sources: c.sources,
+                        fused: 0.0,
+                    });
                 }
             }
         }
     }
+    drop(at);
 
     let mut kept = Vec::with_capacity(order.len());
-    for id in order {
-        let mut m = by_id.remove(&id).expect("every ordered id was inserted");
+    for mut m in order {
         let reason = if blocked.contains(&m.item_id) {
             Some((DropReason::Blocked, "on the blocklist"))
         } else if seen.contains(&m.item_id) {
@@ -123,13 +123,10 @@ pub fn merge(
     // has its best candidates (by its own ranks) set aside; the rest of the list fills in fused order, each
     // source up to its maximum share. Maximum shares shape a mix: when only one source found anything, they do
     // not apply (a cold-start user gets every popular item rather than a fifth of them).
-    let primary = |m: &Merged| {
-        m.sources
-            .first()
-            .map(|s| s.source.as_str().to_string())
-            .unwrap_or_default()
-    };
-    let contributors: HashSet<String> = kept.iter().map(primary).collect();
+    fn primary(m: &Merged) -> &str {
+        m.sources.first().map_or("", |s| s.source.as_str())
+    }
+    let contributors: HashSet<&str> = kept.iter().map(primary).collect();
     let mixed = contributors.len() > 1;
     let cap = policy.max_candidates;
     let share_cap = |share: f32| ((cap as f32) * share).ceil() as usize;
@@ -162,13 +159,23 @@ pub fn merge(
             n_reserved += 1;
         }
     }
-    let mut used: HashMap<String, usize> = HashMap::new();
+    // How many each source has placed; a handful of sources, so a list, and a name copied once per source.
+    let mut used: Vec<(String, usize)> = Vec::new();
+    fn slot<'a>(used: &'a mut Vec<(String, usize)>, source: &str) -> &'a mut usize {
+        let i = match used.iter().position(|(s, _)| s == source) {
+            Some(i) => i,
+            None => {
+                used.push((source.to_string(), 0));
+                used.len() - 1
+            }
+        };
+        &mut used[i].1
+    }
     let mut free = cap - n_reserved;
     let mut out = Vec::with_capacity(cap.min(kept.len()));
     for (i, m) in kept.into_iter().enumerate() {
-        let source = primary(&m);
         if reserved[i] {
-            *used.entry(source).or_default() += 1;
+            *slot(&mut used, primary(&m)) += 1;
             out.push(m);
             continue;
         }
@@ -181,11 +188,12 @@ pub fn merge(
             });
             continue;
         }
-        if mixed && let Some(share) = policy.max_share.get(&source) {
+        let placed = slot(&mut used, primary(&m));
+        if mixed && let Some(share) = policy.max_share.get(primary(&m)) {
             let limit = share_cap(*share);
-            if used.get(&source).copied().unwrap_or(0) >= limit {
+            if *placed >= limit {
                 dropped.push(Dropped {
-                    detail: format!("source {source} already filled its quota of {limit}"),
+                    detail: format!("source {} already filled its quota of {limit}", primary(&m)),
                     item_id: m.item_id,
                     sources: m.sources,
                     reason: DropReason::Quota,
@@ -193,7 +201,7 @@ pub fn merge(
                 continue;
             }
         }
-        *used.entry(source).or_default() += 1;
+        *placed += 1;
         free -= 1;
         out.push(m);
     }

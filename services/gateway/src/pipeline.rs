@@ -183,6 +183,8 @@ pub struct Hydrated {
     /// The item's part of a ranking candidate (id, the model's item inputs, embedding, categories), encoded once
     /// per cached item instead of built and encoded for every request.
     pub rank_item: prost::bytes::Bytes,
+    /// The item's first well-formed category, the one diversity counts it under (parsed once, not per request).
+    pub category: Option<Name>,
 }
 
 impl Hydrated {
@@ -203,7 +205,15 @@ impl Hydrated {
             embedding: item.embedding.clone(),
             categories: item.categories.clone(),
         });
-        Self { item, rank_item }
+        let category = item
+            .categories
+            .iter()
+            .find_map(|c| Name::parse("category", c).ok());
+        Self {
+            item,
+            rank_item,
+            category,
+        }
     }
 }
 
@@ -353,7 +363,7 @@ impl Pipeline {
             .flatten();
         let pool = conversions::candidates("recall_pool", ctx.recall_pool).unwrap_or_default();
         let mut recent_items: Vec<ItemId> = Vec::new();
-        let mut seen: HashSet<ItemId> = HashSet::new();
+        let mut seen: foldhash::HashSet<ItemId> = foldhash::HashSet::default();
         for id in clicks
             .iter()
             .map(|e| &e.item_id)
@@ -398,8 +408,15 @@ impl Pipeline {
         let policy = &self.policy;
         let merge_started = Instant::now();
         let mut dropped = Vec::new();
+        let mut candidates_in: usize = lists.iter().map(Vec::len).sum();
+        // The lists are kept for a second merge only when a fallback may add to them.
+        let has_fallbacks = self.sources.iter().any(|s| s.plan().mode == Mode::Fallback);
         let mut merged = merge::merge(
-            lists.clone(),
+            if has_fallbacks {
+                lists.clone()
+            } else {
+                std::mem::take(&mut lists)
+            },
             &seen,
             &self.cfg.blocklist,
             policy,
@@ -427,6 +444,7 @@ impl Pipeline {
                     .recall_stage(s.as_ref(), &q, &rctx, &deadline, after_recall)
                     .await;
                 if let Some(list) = list.filter(|l| !l.is_empty()) {
+                    candidates_in += list.len();
                     lists.push(list);
                     let again = Instant::now();
                     dropped.clear();
@@ -443,7 +461,6 @@ impl Pipeline {
             };
             answer.stages.push(report);
         }
-        let candidates_in: usize = lists.iter().map(Vec::len).sum();
         answer.stages.push(StageReport {
             stage: "merge".into(),
             status: StageStatus::Ok,
@@ -610,7 +627,7 @@ impl Pipeline {
             ),
             sources: m.sources.iter().cloned().map(Into::into).collect(),
         };
-        let mut scores: HashMap<ItemId, f32> = HashMap::new();
+        let mut scores: foldhash::HashMap<ItemId, f32> = foldhash::HashMap::default();
         if merged.is_empty() {
             answer
                 .stages
@@ -689,11 +706,7 @@ impl Pipeline {
                 } else {
                     scores.get(&m.item_id).copied().unwrap_or(f32::MIN)
                 },
-                category: hydrated.get(&m.item_id).and_then(|i| {
-                    i.categories
-                        .iter()
-                        .find_map(|c| Name::parse("category", c).ok())
-                }),
+                category: hydrated.get(&m.item_id).and_then(|i| i.category.clone()),
             })
             .collect();
         ranked.sort_by(|a, b| {
@@ -719,7 +732,7 @@ impl Pipeline {
             detail: format!("at most {} per category", self.cfg.per_category),
         });
 
-        let sources_of: HashMap<&ItemId, &Vec<SourceHit>> =
+        let sources_of: foldhash::HashMap<&ItemId, &Vec<SourceHit>> =
             merged.iter().map(|m| (&m.item_id, &m.sources)).collect();
         answer.items = top
             .iter()
