@@ -87,6 +87,7 @@ impl Feature {
 struct UserSide<'a> {
     input: &'a RankInput,
     top_categories: Option<&'a [String]>,
+    embedding_norm: f32,
 }
 
 impl<'a> UserSide<'a> {
@@ -97,6 +98,29 @@ impl<'a> UserSide<'a> {
                 .user_features
                 .get("top_categories")
                 .and_then(|v| v.as_string_list()),
+            embedding_norm: input.user_embedding.as_ref().map_or(0.0, |e| e.norm()),
+        }
+    }
+}
+
+/// What the features read of an item, kept with it ([`crate::RankItem`]): its numeric inputs and its embedding's
+/// norm.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct ItemDerived {
+    popularity: Option<f64>,
+    avg_rating: Option<f64>,
+    embedding_norm: f32,
+}
+
+impl ItemDerived {
+    pub(crate) fn new(
+        features: &reco_types::Features,
+        embedding: Option<&reco_types::Embedding>,
+    ) -> Self {
+        Self {
+            popularity: features.number("popularity"),
+            avg_rating: features.number("avg_rating"),
+            embedding_norm: embedding.map_or(0.0, |e| e.norm()),
         }
     }
 }
@@ -167,16 +191,16 @@ pub fn lookup(name: &str, input: &RankInput, c: &RankCandidate) -> Option<Lookup
 }
 
 fn compute(feature: Feature, user: &UserSide<'_>, c: &RankCandidate, found: &Found) -> Lookup {
-    let item_number = |f: &str, map: fn(f64) -> f64| {
-        c.item
-            .features
-            .number(f)
-            .map_or(Lookup::defaulted(0.0), |v| Lookup::present(map(v)))
+    let item = &c.item.derived;
+    let item_number = |v: Option<f64>, map: fn(f64) -> f64| {
+        v.map_or(Lookup::defaulted(0.0), |v| Lookup::present(map(v)))
     };
     match feature {
         Feature::EmbeddingSimilarity => match (&user.input.user_embedding, &c.item.embedding) {
             (Some(u), Some(i)) if u.dimension() == i.dimension() => {
-                Lookup::present(u.cosine(i) as f64)
+                // Embedding::cosine, with both norms worked out once rather than for every pair.
+                let n = user.embedding_norm * item.embedding_norm;
+                Lookup::present(if n == 0.0 { 0.0 } else { (u.dot(i) / n) as f64 })
             }
             _ => Lookup::defaulted(0.0),
         },
@@ -187,8 +211,8 @@ fn compute(feature: Feature, user: &UserSide<'_>, c: &RankCandidate, found: &Fou
         Feature::VectorScore => Lookup::present(found.vector.map_or(0.0, |s| s as f64)),
         Feature::GraphScore => Lookup::present(found.graph.map_or(0.0, |s| s as f64)),
         Feature::SourceCount => Lookup::present(c.sources.len() as f64),
-        Feature::LogPopularity => item_number("popularity", |p| p.max(0.0).ln_1p()),
-        Feature::AvgRating => item_number("avg_rating", |r| r),
+        Feature::LogPopularity => item_number(item.popularity, |p| p.max(0.0).ln_1p()),
+        Feature::AvgRating => item_number(item.avg_rating, |r| r),
         Feature::CategoryAffinity => match user.top_categories {
             Some(top) if !c.item.categories.is_empty() => {
                 let hits = c

@@ -32,10 +32,47 @@ pub const MAX_CANDIDATES: usize = reco_types::MAX_CANDIDATES;
 /// can keep it (shared) rather than rebuild it for every request.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RankItem {
-    pub item_id: ItemId,
-    pub features: Features,
-    pub categories: Vec<Name>,
-    pub embedding: Option<Embedding>,
+    item_id: ItemId,
+    features: Features,
+    categories: Vec<Name>,
+    embedding: Option<Embedding>,
+    /// What the features read of the item, worked out once when it is made (an item is kept and ranked again
+    /// and again), not for every candidate of every request. The fields it is worked out from are read-only.
+    derived: features::ItemDerived,
+}
+
+impl RankItem {
+    pub fn new(
+        item_id: ItemId,
+        features: Features,
+        categories: Vec<Name>,
+        embedding: Option<Embedding>,
+    ) -> Self {
+        let derived = features::ItemDerived::new(&features, embedding.as_ref());
+        Self {
+            item_id,
+            features,
+            categories,
+            embedding,
+            derived,
+        }
+    }
+
+    pub fn item_id(&self) -> &ItemId {
+        &self.item_id
+    }
+
+    pub fn features(&self) -> &Features {
+        &self.features
+    }
+
+    pub fn categories(&self) -> &[Name] {
+        &self.categories
+    }
+
+    pub fn embedding(&self) -> Option<&Embedding> {
+        self.embedding.as_ref()
+    }
 }
 
 /// A candidate to score: its item, and which recall sources found it.
@@ -54,12 +91,7 @@ impl RankCandidate {
         embedding: Option<Embedding>,
     ) -> Self {
         Self {
-            item: Arc::new(RankItem {
-                item_id,
-                features,
-                categories,
-                embedding,
-            }),
+            item: Arc::new(RankItem::new(item_id, features, categories, embedding)),
             sources,
         }
     }

@@ -198,10 +198,16 @@ mod tests {
             .unwrap(),
         )
         .unwrap();
-        let mut rated = cand("rated", &[("cf", 0.5)]);
-        std::sync::Arc::make_mut(&mut rated.item)
-            .features
-            .insert("avg_rating", reco_types::FeatureValue::Float(4.0));
+        let mut features = Features::new();
+        features.insert("avg_rating", reco_types::FeatureValue::Float(4.0));
+        let plain = cand("rated", &[("cf", 0.5)]);
+        let rated = RankCandidate::new(
+            plain.item_id().clone(),
+            features,
+            plain.item.categories().to_vec(),
+            plain.sources,
+            plain.item.embedding().cloned(),
+        );
         let input = RankInput {
             user_id: UserId::parse("u", "u1").unwrap(),
             user_features: Features::new(),

@@ -795,7 +795,7 @@ impl Pipeline {
                 answer.explanations.push(Explanation {
                     item_id: m.item_id.clone(),
                     sources: m.sources.clone(),
-                    categories: rc.item.categories.clone(),
+                    categories: rc.item.categories().to_vec(),
                     features,
                     score: scores.get(&m.item_id).copied().unwrap_or(m.fused),
                     position: positions.get(&m.item_id).copied().unwrap_or(0),

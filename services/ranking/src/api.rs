@@ -47,12 +47,12 @@ fn rank_item(
         embedding,
         categories,
     } = c;
-    let item = RankItem {
-        item_id: ItemId::parse("item_id", &item_id)?,
-        features: conversions::features("item_features", item_features)?,
-        categories: each("categories", categories, |c| Name::parse("", c))?,
-        embedding: Embedding::parse_optional("embedding", embedding)?,
-    };
+    let item = RankItem::new(
+        ItemId::parse("item_id", &item_id)?,
+        conversions::features("item_features", item_features)?,
+        each("categories", categories, |c| Name::parse("", c))?,
+        Embedding::parse_optional("embedding", embedding)?,
+    );
     Ok((item, sources))
 }
 

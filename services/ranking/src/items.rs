@@ -75,12 +75,12 @@ mod tests {
     use super::*;
 
     fn item(id: &str) -> RankItem {
-        RankItem {
-            item_id: ItemId::parse("item_id", id).unwrap(),
-            features: Features::new(),
-            categories: Vec::new(),
-            embedding: None,
-        }
+        RankItem::new(
+            ItemId::parse("item_id", id).unwrap(),
+            Features::new(),
+            Vec::new(),
+            None,
+        )
     }
 
     #[test]
@@ -101,7 +101,7 @@ mod tests {
             Bytes::from("d"),
         );
         let got = items.get_or_decode(&[&a, &b, &a], decode).unwrap();
-        let ids: Vec<_> = got.iter().map(|i| i.item_id.as_str()).collect();
+        let ids: Vec<_> = got.iter().map(|i| i.item_id().as_str()).collect();
         assert_eq!(ids, ["a", "b", "a"]);
         // `a` twice in one call is decoded twice (neither was kept yet), then kept once.
         assert_eq!(decoded.load(Ordering::Relaxed), 3);
