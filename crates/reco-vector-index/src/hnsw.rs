@@ -589,21 +589,14 @@ impl VectorIndex for HnswIndex {
         }
         .map_err(|e| backend("search", e))?;
         if !by_category && !excluded.is_empty() {
-            let keep: Vec<bool> = found
+            (found.keys, found.distances) = found
                 .keys
                 .iter()
-                .map(|k| excluded.binary_search(k).is_err())
-                .collect();
-            let mut flags = keep.iter();
-            found
-                .keys
-                .retain(|_| *flags.next().expect("one flag per key"));
-            let mut flags = keep.iter();
-            found
-                .distances
-                .retain(|_| *flags.next().expect("one flag per distance"));
-            found.keys.truncate(count);
-            found.distances.truncate(count);
+                .zip(&found.distances)
+                .filter(|(k, _)| excluded.binary_search(k).is_err())
+                .take(count)
+                .map(|(&k, &d)| (k, d))
+                .unzip();
         }
         if rescore {
             let scored = self.exact_scores(&inner, q, found.keys.iter().copied())?;
