@@ -272,6 +272,14 @@ impl Report {
     /// The table `reco eval` prints.
     pub fn table(&self, name: &str) -> String {
         use std::fmt::Write;
+        // The label column fits the longest stage name, so every row is named in full.
+        let w = self
+            .stages
+            .keys()
+            .map(String::len)
+            .max()
+            .unwrap_or(0)
+            .max(18);
         let mut out = String::new();
         let _ = writeln!(
             out,
@@ -280,7 +288,7 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "  {:<18} {:>10} {:>10} {:>10}",
+            "  {:<w$} {:>10} {:>10} {:>10}",
             "", "HitRate@10", "NDCG@10", "Recall@10"
         );
         let rows = [
@@ -291,19 +299,19 @@ impl Report {
         for (label, s) in rows.into_iter().filter_map(|(l, s)| s.map(|s| (l, s))) {
             let _ = writeln!(
                 out,
-                "  {label:<18} {:>10.4} {:>10.4} {:>10.4}",
+                "  {label:<w$} {:>10.4} {:>10.4} {:>10.4}",
                 s.hit, s.ndcg, s.recall
             );
         }
         let q = |h: &Histogram<u64>, p: f64| h.value_at_quantile(p) as f64 / 1000.0;
         let _ = writeln!(
             out,
-            "  latency (ms)       {:>10} {:>10} {:>10}",
-            "p50", "p99", "max"
+            "  {:<w$} {:>10} {:>10} {:>10}",
+            "latency (ms)", "p50", "p99", "max"
         );
         let _ = writeln!(
             out,
-            "  {:<18} {:>10.2} {:>10.2} {:>10.2}",
+            "  {:<w$} {:>10.2} {:>10.2} {:>10.2}",
             "Recommend",
             q(&self.latency, 0.5),
             q(&self.latency, 0.99),
@@ -312,7 +320,7 @@ impl Report {
         for (stage, h) in &self.stages {
             let _ = writeln!(
                 out,
-                "  {stage:<18.18} {:>10.2} {:>10.2} {:>10.2}",
+                "  {stage:<w$} {:>10.2} {:>10.2} {:>10.2}",
                 q(h, 0.5),
                 q(h, 0.99),
                 h.max() as f64 / 1000.0
