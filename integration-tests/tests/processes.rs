@@ -193,5 +193,14 @@ async fn a_killed_downstream_is_an_error_opens_its_breaker_and_recovers_on_resta
     .expect("ranking is used again once it is back");
     assert!(!back.degraded, "{:#?}", back.stages);
     assert!(!back.model_version.is_empty());
+    // The gateway had sent these items before, so it sent references the restarted ranking did not hold, and
+    // sent the items again in full in the same stage; from then on the references resolve.
+    let rank = stage(&back, "rank");
+    assert!(rank.detail.contains("sent again in full"), "{rank:?}");
+    let after = recommend(&p, &user).await;
+    let rank = stage(&after, "rank");
+    assert_eq!(status(rank), StageStatus::Ok, "{rank:?}");
+    assert!(!rank.detail.contains("sent again"), "{rank:?}");
+    assert_eq!(after.items, back.items);
     p.shutdown(Duration::from_secs(5));
 }

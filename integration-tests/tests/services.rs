@@ -197,9 +197,6 @@ async fn each_service_refuses_bad_input_with_the_reason() {
     t.platform.shutdown().await.unwrap();
 }
 
-/// The ranking service keeps the items it decoded (by their bytes): the same request answers the same the second
-/// time, sources are still read per request, and an item refused once (NaN in its embedding) is refused again,
-/// never kept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cache_begins_a_recommend_call_in_one_round_trip() {
     let t = TestPlatform::start().await;
@@ -305,6 +302,9 @@ async fn the_cache_begins_a_recommend_call_in_one_round_trip() {
     assert!(refused.result.is_none() && refused.recent_events.is_empty());
 }
 
+/// The ranking service keeps the items it decoded (by their reference): the same request answers the same the
+/// second time, sources are still read per request, an item refused once (NaN in its embedding) is refused again,
+/// never kept, and an item sent before can be sent by its reference alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ranking_keeps_the_items_it_decoded_but_never_a_refused_one() {
     let t = TestPlatform::start().await;
@@ -349,6 +349,41 @@ async fn ranking_keeps_the_items_it_decoded_but_never_a_refused_one() {
     let mut bad_source = good.clone();
     bad_source.candidates[1].sources[0].source = String::new();
     assert_invalid(r.rank(bad_source).await, "candidates[1].sources[0]");
+
+    // Items it was sent before can come by reference: the SHA-256 of the item's fields, sources left out.
+    let by_ref = |c: &ranking::RankCandidate| ranking::RankCandidate {
+        item_ref: ranking::EncodedCandidate::digest(&ranking::EncodedCandidate::item_part(
+            &ranking::RankCandidate {
+                sources: vec![],
+                ..c.clone()
+            },
+        ))
+        .to_vec(),
+        sources: c.sources.clone(),
+        ..Default::default()
+    };
+    let referred = ranking::RankRequest {
+        candidates: good.candidates.iter().map(by_ref).collect(),
+        ..good.clone()
+    };
+    let fourth = r.rank(referred.clone()).await.unwrap().into_inner();
+    assert_eq!(fourth.scores, first.scores);
+    assert!(fourth.unresolved_item_refs.is_empty());
+    // One it never saw is listed by position, and nothing is scored.
+    let mut unseen = referred.clone();
+    unseen
+        .candidates
+        .push(by_ref(&candidate("never-sent", vec![0.5, 0.5], "cf")));
+    let unresolved = r.rank(unseen).await.unwrap().into_inner();
+    assert_eq!(unresolved.unresolved_item_refs, [2]);
+    assert!(unresolved.scores.is_empty());
+    // A reference of the wrong length, or one beside the item's fields, is refused.
+    let mut short = referred.clone();
+    short.candidates[1].item_ref.truncate(8);
+    assert_invalid(r.rank(short).await, "candidates[1].item_ref");
+    let mut both = referred;
+    both.candidates[0].item_id = "near".into();
+    assert_invalid(r.rank(both).await, "candidates[0].item_ref");
     t.platform.shutdown().await.unwrap();
 }
 

@@ -139,14 +139,23 @@ pub struct RankRequest {
 }
 
 /// A `RankCandidate` as its item part (fields `item_id`, `item_features`, `embedding`, `categories` of a
-/// `RankCandidate`, encoded: [`EncodedCandidate::item_part`]) and its sources, which change per request.
+/// `RankCandidate`, encoded: [`EncodedCandidate::item_part`]) and its sources, which change per request. A
+/// candidate whose item the receiver holds already can be sent by reference instead: `item` empty, `item_ref` the
+/// part's [`EncodedCandidate::digest`].
 #[derive(Clone, PartialEq, Default, Debug)]
 pub struct EncodedCandidate {
     pub item: Bytes,
     pub sources: Vec<SourceHit>,
+    /// Field `item_ref`: empty, or the digest of an item part sent before.
+    pub item_ref: Bytes,
 }
 
 const CANDIDATE_SOURCES: u32 = 3;
+const CANDIDATE_ITEM_REF: u32 = 6;
+
+/// How many bytes of an item part's SHA-256 make its reference: 128 bits, so two different parts never share
+/// one in practice.
+pub const ITEM_REF_LEN: usize = 16;
 
 impl EncodedCandidate {
     /// The item part of a candidate: `candidate` encoded without its sources.
@@ -155,14 +164,24 @@ impl EncodedCandidate {
         Bytes::from(candidate.encode_to_vec())
     }
 
+    /// The reference to an item part: the first [`ITEM_REF_LEN`] bytes of its SHA-256. The sender and the receiver
+    /// each work it out from the bytes, so a reference can only ever name the part it was made from.
+    pub fn digest(part: &[u8]) -> [u8; ITEM_REF_LEN] {
+        use sha2::Digest;
+        let full = sha2::Sha256::digest(part);
+        let mut out = [0; ITEM_REF_LEN];
+        out.copy_from_slice(&full[..ITEM_REF_LEN]);
+        out
+    }
+
     /// The candidate's fields but `sources`, decoded.
     pub fn decode_item(&self) -> Result<RankCandidate, DecodeError> {
         RankCandidate::decode(self.item.as_ref())
     }
 
-    /// Reads one `RankCandidate` off the wire: its sources decoded, every other field kept as it came (key,
-    /// length and value) in the item part, so that the same item sent twice gives the same bytes. prost checks the
-    /// framing (`bytes::merge`, `skip_field`).
+    /// Reads one `RankCandidate` off the wire: its sources and `item_ref` decoded, every other field kept as it
+    /// came (key, length and value) in the item part, so that the same item sent twice gives the same bytes. prost
+    /// checks the framing (`bytes::merge`, `skip_field`).
     fn merge(
         wire_type: WireType,
         buf: &mut impl Buf,
@@ -172,6 +191,7 @@ impl EncodedCandidate {
         prost::encoding::bytes::merge(wire_type, &mut body, buf, ctx.clone())?;
         let mut item = Vec::with_capacity(body.len());
         let mut sources = Vec::new();
+        let mut item_ref = Vec::new();
         let mut rest = body.as_slice();
         while !rest.is_empty() {
             let start = body.len() - rest.len();
@@ -180,6 +200,8 @@ impl EncodedCandidate {
                 let mut hit = SourceHit::default();
                 message::merge(wire_type, &mut hit, &mut rest, ctx.clone())?;
                 sources.push(hit);
+            } else if tag == CANDIDATE_ITEM_REF {
+                prost::encoding::bytes::merge(wire_type, &mut item_ref, &mut rest, ctx.clone())?;
             } else {
                 skip_field(wire_type, tag, &mut rest, ctx.clone())?;
                 item.extend_from_slice(&body[start..body.len() - rest.len()]);
@@ -188,11 +210,18 @@ impl EncodedCandidate {
         Ok(EncodedCandidate {
             item: Bytes::from(item),
             sources,
+            item_ref: Bytes::from(item_ref),
         })
     }
 
     fn body_len(&self) -> usize {
-        self.item.len() + message::encoded_len_repeated(CANDIDATE_SOURCES, &self.sources)
+        self.item.len()
+            + message::encoded_len_repeated(CANDIDATE_SOURCES, &self.sources)
+            + if self.item_ref.is_empty() {
+                0
+            } else {
+                prost::encoding::bytes::encoded_len(CANDIDATE_ITEM_REF, &self.item_ref)
+            }
     }
 }
 
@@ -223,6 +252,9 @@ impl Message for RankRequest {
             encode_varint(c.body_len() as u64, buf);
             buf.put_slice(&c.item);
             message::encode_repeated(CANDIDATE_SOURCES, &c.sources, buf);
+            if !c.item_ref.is_empty() {
+                prost::encoding::bytes::encode(CANDIDATE_ITEM_REF, &c.item_ref, buf);
+            }
         }
         if self.top_n != 0 {
             uint32::encode(5, &self.top_n, buf);
@@ -416,6 +448,7 @@ mod tests {
             sources,
             embedding: vec![1.0, 2.0],
             categories: vec!["Comedy".into()],
+            item_ref: Vec::new(),
         }
     }
 
@@ -453,6 +486,7 @@ mod tests {
                         ..c.clone()
                     }),
                     sources: c.sources.clone(),
+                    item_ref: Bytes::new(),
                 })
                 .collect(),
             ..base
@@ -510,6 +544,58 @@ mod tests {
     }
 
     #[test]
+    fn a_candidate_sent_by_reference_reads_back_as_its_reference_and_sources() {
+        let part = EncodedCandidate::item_part(&candidate("a", vec![]));
+        let digest = EncodedCandidate::digest(&part);
+        assert_eq!(digest.len(), ITEM_REF_LEN);
+        assert_ne!(
+            digest,
+            EncodedCandidate::digest(&EncodedCandidate::item_part(&candidate("b", vec![])))
+        );
+        let hit = SourceHit {
+            source: "cf".into(),
+            rank: 2,
+            score: 0.5,
+        };
+        let sent = RankRequest {
+            user_id: "u1".into(),
+            encoded_candidates: vec![
+                EncodedCandidate {
+                    item: Bytes::new(),
+                    sources: vec![hit.clone()],
+                    item_ref: Bytes::copy_from_slice(&digest),
+                },
+                EncodedCandidate {
+                    item: part.clone(),
+                    sources: vec![],
+                    item_ref: Bytes::new(),
+                },
+            ],
+            ..Default::default()
+        };
+        let wire = sent.encode_to_vec();
+        assert_eq!(wire.len(), sent.encoded_len());
+        let back = RankRequest::decode(wire.as_slice()).unwrap();
+        assert_eq!(back.encoded_candidates, sent.encoded_candidates);
+        // The receiver works the same reference out of the part it was sent in full.
+        assert_eq!(
+            EncodedCandidate::digest(&back.encoded_candidates[1].item),
+            digest
+        );
+        // A generated `RankCandidate` with `item_ref` set reads back the same way.
+        let generated = RankRequest {
+            candidates: vec![RankCandidate {
+                item_ref: digest.to_vec(),
+                sources: vec![hit],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let back = RankRequest::decode(generated.encode_to_vec().as_slice()).unwrap();
+        assert_eq!(back.encoded_candidates[..], sent.encoded_candidates[..1]);
+    }
+
+    #[test]
     fn the_rank_request_fields_are_the_protos() {
         assert_eq!(
             fields("reco.ranking.v1", "RankRequest"),
@@ -536,6 +622,13 @@ mod tests {
                 .find(|f| f.0 == "sources")
                 .map(|f| f.1),
             Some(CANDIDATE_SOURCES as i32)
+        );
+        assert_eq!(
+            fields("reco.ranking.v1", "RankCandidate")
+                .iter()
+                .find(|f| f.0 == "item_ref")
+                .map(|f| f.1),
+            Some(CANDIDATE_ITEM_REF as i32)
         );
     }
 

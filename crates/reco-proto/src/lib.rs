@@ -40,7 +40,7 @@ pub mod graph_recall {
 pub mod ranking {
     pub mod v1 {
         tonic::include_proto!("reco.ranking.v1");
-        pub use crate::encoded::{EncodedCandidate, RankRequest};
+        pub use crate::encoded::{EncodedCandidate, ITEM_REF_LEN, RankRequest};
     }
 }
 

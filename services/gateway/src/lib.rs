@@ -91,6 +91,11 @@ pub struct Config {
     /// Serve the merged recall order without calling ranking (to measure what ranking adds).
     #[arg(long, env = "RECO_NO_RANK")]
     pub no_rank: bool,
+    /// Always send ranking every candidate's item in full. By default an item ranking has been sent before goes as
+    /// a 16-byte reference (`RankCandidate.item_ref`); turn this on while a ranking service older than the
+    /// reference is still serving.
+    #[arg(long, env = "RECO_NO_RANK_ITEM_REFS")]
+    pub no_rank_item_refs: bool,
 
     /// A TOML file shaping the pipeline: recall sources (mode, k, budget, scenes, min and max share, fallback
     /// order), budgets, hedged stages. What it leaves out keeps the value of the flags (docs/configuration.md).
@@ -259,6 +264,7 @@ impl Config {
             cache_budget: ms(file.cache_ms.unwrap_or(self.budget_cache_ms)),
             ranking_budget: ms(file.ranking_ms.unwrap_or(self.budget_ranking_ms)),
             rank: file.rank.unwrap_or(!self.no_rank),
+            rank_item_refs: !self.no_rank_item_refs,
             max_candidates: max_candidates as usize,
             min_candidates: file.min_candidates.unwrap_or(self.min_candidates) as usize,
             item_cache_ttl: ms(self.item_cache_ttl_ms),

@@ -13,7 +13,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
-    sync::Arc,
+    sync::{Arc, atomic::Ordering},
     time::{Duration, Instant},
 };
 
@@ -69,6 +69,8 @@ pub struct PipelineConfig {
     pub ranking_budget: Duration,
     /// Score candidates with the ranking service; off serves the merged recall order (for comparisons).
     pub rank: bool,
+    /// Send ranking a reference instead of an item it was sent before (`RankCandidate.item_ref`).
+    pub rank_item_refs: bool,
     pub max_candidates: usize,
     /// Fallback sources run while the merged list is shorter than this (or than the request's count).
     pub min_candidates: usize,
@@ -185,6 +187,11 @@ pub struct Hydrated {
     pub rank_item: prost::bytes::Bytes,
     /// The item's first well-formed category, the one diversity counts it under (parsed once, not per request).
     pub category: Option<Name>,
+    /// The reference to `rank_item` (`EncodedCandidate::digest`), sent in its place once ranking holds it.
+    pub rank_ref: prost::bytes::Bytes,
+    /// Ranking answered a request that carried `rank_item` in full, so it holds the item: later requests send
+    /// `rank_ref`. Cleared when ranking says it no longer holds it.
+    pub ranking_holds: std::sync::atomic::AtomicBool,
 }
 
 impl Hydrated {
@@ -204,15 +211,19 @@ impl Hydrated {
             sources: Vec::new(),
             embedding: item.embedding.clone(),
             categories: item.categories.clone(),
+            item_ref: Vec::new(),
         });
         let category = item
             .categories
             .iter()
             .find_map(|c| Name::parse("category", c).ok());
+        let rank_ref = prost::bytes::Bytes::copy_from_slice(&EncodedCandidate::digest(&rank_item));
         Self {
             item,
             rank_item,
             category,
+            rank_ref,
+            ranking_holds: Default::default(),
         }
     }
 }
@@ -614,18 +625,30 @@ impl Pipeline {
         }
 
         // rank: the model's inputs only (rank_features::ITEM_INPUTS, USER_INPUTS), not whole feature maps; each
-        // item's part encoded once (Hydrated::rank_item), its sources per request
-        let rank_input = |m: &merge::Merged| EncodedCandidate {
-            item: hydrated.get(&m.item_id).map_or_else(
-                || {
-                    EncodedCandidate::item_part(&RankCandidate {
+        // item's part encoded once (Hydrated::rank_item) and, once ranking holds it, sent as its reference; its
+        // sources per request
+        let rank_input = |m: &merge::Merged, by_ref: bool| {
+            let sources = m.sources.iter().cloned().map(Into::into).collect();
+            match hydrated.get(&m.item_id) {
+                Some(h) if by_ref && h.ranking_holds.load(Ordering::Relaxed) => EncodedCandidate {
+                    item: Default::default(),
+                    sources,
+                    item_ref: h.rank_ref.clone(),
+                },
+                Some(h) => EncodedCandidate {
+                    item: h.rank_item.clone(),
+                    sources,
+                    item_ref: Default::default(),
+                },
+                None => EncodedCandidate {
+                    item: EncodedCandidate::item_part(&RankCandidate {
                         item_id: m.item_id.to_string(),
                         ..Default::default()
-                    })
+                    }),
+                    sources,
+                    item_ref: Default::default(),
                 },
-                |i| i.rank_item.clone(),
-            ),
-            sources: m.sources.iter().cloned().map(Into::into).collect(),
+            }
         };
         let mut scores: foldhash::HashMap<ItemId, f32> = foldhash::HashMap::default();
         if merged.is_empty() {
@@ -638,7 +661,7 @@ impl Pipeline {
                 .push(StageReport::skipped("rank", "ranking is off: recall order"));
         } else {
             let budget = deadline.carve(self.cfg.ranking_budget, Duration::ZERO);
-            let msg = RankRequest {
+            let request = |by_ref: bool| RankRequest {
                 user_id: q.user_id.to_string(),
                 user_features: Some(reco_proto::common::v1::Features {
                     values: rank_features::USER_INPUTS
@@ -657,13 +680,48 @@ impl Pipeline {
                 candidates: Vec::new(),
                 top_n: 0,
                 context: q.context.clone().into_iter().collect(),
-                encoded_candidates: merged.iter().map(rank_input).collect(),
+                encoded_candidates: merged.iter().map(|m| rank_input(m, by_ref)).collect(),
             };
-            let out = stage::run("rank", budget, call(&self.rpc.rank, msg, budget)).await;
+            let by_ref = self.cfg.rank_item_refs;
+            let msg = request(by_ref);
+            let started = Instant::now();
+            let rank = async {
+                let resp = call(&self.rpc.rank, msg, budget).await?;
+                if resp.unresolved_item_refs.is_empty() {
+                    return Ok((resp, 0));
+                }
+                let resent = resp.unresolved_item_refs.len();
+                // Ranking no longer holds some items (it restarted, or let them go): forget that it did, and
+                // send every item in full once, within what is left of the stage's budget.
+                for &i in &resp.unresolved_item_refs {
+                    if let Some(h) = merged
+                        .get(i as usize)
+                        .and_then(|m| hydrated.get(&m.item_id))
+                    {
+                        h.ranking_holds.store(false, Ordering::Relaxed);
+                    }
+                }
+                let left = budget.saturating_sub(started.elapsed());
+                let resp = call(&self.rpc.rank, request(false), left).await?;
+                Ok::<_, tonic::Status>((resp, resent))
+            };
+            let out = stage::run("rank", budget, rank).await;
             let mut report = out.report;
             report.candidates_in = merged.len() as u32;
             match out.value {
-                Some(resp) => {
+                Some((resp, resent)) if resp.unresolved_item_refs.is_empty() => {
+                    if by_ref {
+                        for h in merged.iter().filter_map(|m| hydrated.get(&m.item_id)) {
+                            if !h.ranking_holds.load(Ordering::Relaxed) {
+                                h.ranking_holds.store(true, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                    if resent > 0 {
+                        report.detail = format!(
+                            "ranking no longer held {resent} items sent by reference: sent again in full"
+                        );
+                    }
                     answer.model_version = resp.model_version;
                     for s in resp.scores {
                         if let Ok(id) = ItemId::parse("item_id", &s.item_id) {
@@ -676,8 +734,20 @@ impl Pipeline {
                         missing.sort();
                         let list: Vec<String> =
                             missing.iter().map(|(f, n)| format!("{f} {n}")).collect();
-                        report.detail = format!("defaulted features: {}", list.join(", "));
+                        let defaulted = format!("defaulted features: {}", list.join(", "));
+                        report.detail = if report.detail.is_empty() {
+                            defaulted
+                        } else {
+                            format!("{}; {defaulted}", report.detail)
+                        };
                     }
+                }
+                Some((resp, _)) => {
+                    report.status = StageStatus::Error;
+                    report.detail = format!(
+                        "ranking did not hold {} items sent in full; fell back to recall order",
+                        resp.unresolved_item_refs.len()
+                    );
                 }
                 None => report.detail = format!("{}; fell back to recall order", report.detail),
             }

@@ -6,12 +6,15 @@ use prost::Message;
 use reco_proto::{
     common::v1 as pb_common,
     conversions::{self, each},
-    ranking::v1::{self as pb, ranking_server::Ranking},
+    ranking::v1::{self as pb, ITEM_REF_LEN, ranking_server::Ranking},
 };
 use reco_ranker::{MAX_CANDIDATES, RankCandidate, RankInput, RankItem, Ranker, rank};
 use reco_types::{Embedding, ItemId, Name, SourceHit, UserId, ValidationError, check_candidates};
 
-use crate::{Error, items::DecodedItems};
+use crate::{
+    Error,
+    items::{DecodedItems, ItemPart},
+};
 
 /// How many decoded items the service keeps unless told otherwise.
 pub const DEFAULT_ITEM_CACHE: usize = 100_000;
@@ -46,6 +49,7 @@ fn rank_item(
         sources,
         embedding,
         categories,
+        item_ref: _,
     } = c;
     let item = RankItem::new(
         ItemId::parse("item_id", &item_id)?,
@@ -63,12 +67,39 @@ fn item(part: &prost::bytes::Bytes) -> Result<RankItem, ValidationError> {
     Ok(rank_item(c)?.0)
 }
 
-fn candidate(c: pb::RankCandidate) -> Result<RankCandidate, ValidationError> {
-    let (item, sources) = rank_item(c)?;
-    Ok(RankCandidate {
-        item: Arc::new(item),
-        sources: each("sources", sources, SourceHit::try_from)?,
-    })
+/// A candidate built in process (not read off the wire) in the form one read off the wire takes.
+fn encoded(mut c: pb::RankCandidate) -> pb::EncodedCandidate {
+    let sources = std::mem::take(&mut c.sources);
+    let item_ref = std::mem::take(&mut c.item_ref).into();
+    pb::EncodedCandidate {
+        item: pb::EncodedCandidate::item_part(&c),
+        sources,
+        item_ref,
+    }
+}
+
+/// How a candidate names its item: in full, or by a well-formed reference alone.
+fn item_part(c: &pb::EncodedCandidate) -> Result<ItemPart<'_>, ValidationError> {
+    if c.item_ref.is_empty() {
+        return Ok(ItemPart::Full(&c.item));
+    }
+    if !c.item.is_empty() {
+        return Err(ValidationError::new(
+            "item_ref",
+            "is set beside the item's fields; send one or the other",
+        ));
+    }
+    <&[u8; ITEM_REF_LEN]>::try_from(c.item_ref.as_ref())
+        .map(ItemPart::Ref)
+        .map_err(|_| {
+            ValidationError::new(
+                "item_ref",
+                format!(
+                    "is {} bytes; a reference is {ITEM_REF_LEN}",
+                    c.item_ref.len()
+                ),
+            )
+        })
 }
 
 impl RankingApi {
@@ -91,11 +122,24 @@ impl RankingApi {
             )
             .into());
         }
+        let user_id = UserId::parse("user_id", &user_id)?;
+        let user_features = conversions::features("user_features", user_features)?;
+        let user_embedding = Embedding::parse_optional("user_embedding", user_embedding)?;
+        let candidates = match self.candidates(candidates, encoded_candidates)? {
+            Ok(c) => c,
+            Err(unresolved_item_refs) => {
+                return Ok(pb::RankResponse {
+                    model_version: self.ranker.model_version(),
+                    unresolved_item_refs,
+                    ..Default::default()
+                });
+            }
+        };
         let input = RankInput {
-            user_id: UserId::parse("user_id", &user_id)?,
-            user_features: conversions::features("user_features", user_features)?,
-            user_embedding: Embedding::parse_optional("user_embedding", user_embedding)?,
-            candidates: self.candidates(candidates, encoded_candidates)?,
+            user_id,
+            user_features,
+            user_embedding,
+            candidates,
             context: context.into_iter().collect(),
         };
         let ranked = rank(self.ranker.as_ref(), &input, top_n as usize).await?;
@@ -110,28 +154,45 @@ impl RankingApi {
                 .collect(),
             model_version: self.ranker.model_version(),
             missing_features: ranked.missing.into_iter().collect(),
+            unresolved_item_refs: Vec::new(),
         })
     }
 
-    /// The domain candidates of a request, `candidates` first, then `encoded`, whose items are looked up by their
-    /// bytes among the items decoded before.
+    /// The domain candidates of a request, `candidates` first, then `encoded`, whose items are looked up among
+    /// the items decoded before, by reference or by their bytes. `Err` lists the positions of the references this
+    /// service does not hold.
     fn candidates(
         &self,
         candidates: Vec<pb::RankCandidate>,
-        encoded: Vec<pb::EncodedCandidate>,
-    ) -> Result<Vec<RankCandidate>, ValidationError> {
-        let first = candidates.len();
-        let mut out = each("candidates", candidates, candidate)?;
-        let parts: Vec<_> = encoded.iter().map(|c| &c.item).collect();
+        mut encoded: Vec<pb::EncodedCandidate>,
+    ) -> Result<Result<Vec<RankCandidate>, Vec<u32>>, ValidationError> {
+        if !candidates.is_empty() {
+            encoded.splice(0..0, candidates.into_iter().map(self::encoded));
+        }
+        let parts = encoded
+            .iter()
+            .enumerate()
+            .map(|(i, c)| item_part(c).map_err(|e| e.at("candidates", i)))
+            .collect::<Result<Vec<_>, _>>()?;
         let items = self.items.get_or_decode(&parts, |i, part| {
-            item(part).map_err(|e| e.at("candidates", first + i))
+            item(part).map_err(|e| e.at("candidates", i))
         })?;
+        let unresolved: Vec<u32> = (0..items.len() as u32)
+            .filter(|&i| items[i as usize].is_none())
+            .collect();
+        if !unresolved.is_empty() {
+            return Ok(Err(unresolved));
+        }
+        let mut out = Vec::with_capacity(encoded.len());
         for (i, (c, item)) in encoded.into_iter().zip(items).enumerate() {
             let sources = each("sources", c.sources, SourceHit::try_from)
-                .map_err(|e| e.at("candidates", first + i))?;
-            out.push(RankCandidate { item, sources });
+                .map_err(|e| e.at("candidates", i))?;
+            out.push(RankCandidate {
+                item: item.expect("every reference resolved"),
+                sources,
+            });
         }
-        Ok(out)
+        Ok(Ok(out))
     }
 
     async fn model_info(&self, _r: pb::ModelInfoRequest) -> Result<pb::ModelInfoResponse, Error> {

@@ -1,25 +1,41 @@
-//! Candidates' items as this service decoded and checked them, kept by the bytes they came as.
+//! Candidates' items as this service decoded and checked them, kept by their reference.
 //!
 //! The gateway sends each candidate's item part (id, the model's item features, embedding, categories) encoded
 //! the same way every time it sends that item (`reco_proto::encoded`), and most items recur from request to
 //! request. Decoding and validating ~300 item parts per request (their maps, strings and embeddings, each
-//! allocated and checked) was half of this service's profile; with them kept, its CPU at 300 Recommend/s went
-//! from ~25% to ~21% of a core (the rest is receiving the ~100 KB request). Keyed by the bytes, an entry can never be
-//! stale: the same bytes always make the same item, so there is no TTL, only a bound on the entries (the map is
-//! emptied when full; the items then decode again on their next request).
+//! allocated and checked) was half of this service's profile, so decoded items are kept. They are kept by the
+//! item part's reference ([`EncodedCandidate::digest`], worked out here from the bytes received), which lets a
+//! caller that has sent an item in full send only its reference afterwards: receiving the ~100 KB of item parts
+//! of every request, and hashing and comparing them to find them here, was most of what was left. Keyed by what
+//! the bytes are, an entry can never be stale: the same bytes always make the same item, so there is no TTL, only
+//! a bound on the entries (the map is emptied when full; its items' references then go unresolved once, and the
+//! caller sends them in full again).
 
 use std::sync::{Arc, RwLock};
 
 use prost::bytes::Bytes;
+use reco_proto::ranking::v1::{EncodedCandidate, ITEM_REF_LEN};
 use reco_ranker::RankItem;
+
+type Ref = [u8; ITEM_REF_LEN];
+
+/// How a request names a candidate's item.
+#[derive(Clone, Copy, Debug)]
+pub enum ItemPart<'a> {
+    /// The item part itself.
+    Full(&'a Bytes),
+    /// The reference to an item part sent before.
+    Ref(&'a Ref),
+}
 
 pub struct DecodedItems {
     capacity: usize,
-    map: RwLock<foldhash::HashMap<Bytes, Arc<RankItem>>>,
+    map: RwLock<foldhash::HashMap<Ref, Arc<RankItem>>>,
 }
 
 impl DecodedItems {
-    /// Keeps at most `capacity` items; 0 keeps none (every item part is decoded every time).
+    /// Keeps at most `capacity` items; 0 keeps none (every item part is decoded every time, and no reference
+    /// resolves).
     pub fn new(capacity: usize) -> Self {
         Self {
             capacity,
@@ -27,37 +43,45 @@ impl DecodedItems {
         }
     }
 
-    /// The items of `parts`, in order: each one found by its bytes, or made by `decode` (given its index) and kept.
-    /// The first error of `decode` is returned, and nothing of that call is kept.
+    /// The items of `parts`, in order: each one found by its reference, or made by `decode` (given its index) from
+    /// a full part and kept. A reference this service does not hold is `None`. The first error of `decode` is
+    /// returned, and nothing of that call is kept.
     pub fn get_or_decode<E>(
         &self,
-        parts: &[&Bytes],
+        parts: &[ItemPart<'_>],
         decode: impl Fn(usize, &Bytes) -> Result<RankItem, E>,
-    ) -> Result<Vec<Arc<RankItem>>, E> {
+    ) -> Result<Vec<Option<Arc<RankItem>>>, E> {
+        let keys: Vec<Ref> = parts
+            .iter()
+            .map(|p| match p {
+                ItemPart::Full(b) => EncodedCandidate::digest(b),
+                ItemPart::Ref(r) => **r,
+            })
+            .collect();
         let mut found: Vec<Option<Arc<RankItem>>> = if self.capacity == 0 {
             vec![None; parts.len()]
         } else {
             let map = self.map.read().expect("decoded items lock");
-            parts.iter().map(|p| map.get(*p).cloned()).collect()
+            keys.iter().map(|k| map.get(k).cloned()).collect()
         };
         let mut fresh = Vec::new();
         for (i, slot) in found.iter_mut().enumerate() {
-            if slot.is_none() {
-                let item = Arc::new(decode(i, parts[i])?);
-                fresh.push((parts[i].clone(), item.clone()));
+            if let (None, ItemPart::Full(part)) = (&slot, parts[i]) {
+                let item = Arc::new(decode(i, part)?);
+                fresh.push((keys[i], item.clone()));
                 *slot = Some(item);
             }
         }
         if !fresh.is_empty() && self.capacity > 0 {
             let mut map = self.map.write().expect("decoded items lock");
-            for (bytes, item) in fresh {
+            for (key, item) in fresh {
                 if map.len() >= self.capacity {
                     map.clear();
                 }
-                map.entry(bytes).or_insert(item);
+                map.entry(key).or_insert(item);
             }
         }
-        Ok(found.into_iter().flatten().collect())
+        Ok(found)
     }
 
     #[cfg(test)]
@@ -100,28 +124,59 @@ mod tests {
             Bytes::from("c"),
             Bytes::from("d"),
         );
-        let got = items.get_or_decode(&[&a, &b, &a], decode).unwrap();
-        let ids: Vec<_> = got.iter().map(|i| i.item_id().as_str()).collect();
-        assert_eq!(ids, ["a", "b", "a"]);
+        let full = |b| ItemPart::Full(b);
+        let ids = |got: &[Option<Arc<RankItem>>]| -> Vec<String> {
+            got.iter()
+                .map(|i| i.as_ref().map_or("-".into(), |i| i.item_id().to_string()))
+                .collect()
+        };
+        let got = items
+            .get_or_decode(&[full(&a), full(&b), full(&a)], decode)
+            .unwrap();
+        assert_eq!(ids(&got), ["a", "b", "a"]);
         // `a` twice in one call is decoded twice (neither was kept yet), then kept once.
         assert_eq!(decoded.load(Ordering::Relaxed), 3);
         assert_eq!(items.len(), 2);
-        let again = items.get_or_decode(&[&b, &a], decode).unwrap();
+        let again = items.get_or_decode(&[full(&b), full(&a)], decode).unwrap();
         assert_eq!(decoded.load(Ordering::Relaxed), 3, "both were kept");
-        assert!(Arc::ptr_eq(&again[1], &got[0]));
+        assert!(Arc::ptr_eq(
+            again[1].as_ref().unwrap(),
+            got[0].as_ref().unwrap()
+        ));
+
+        // By reference: a kept part resolves to the same item, an unknown one is None and nothing is decoded.
+        let (ref_a, ref_c) = (EncodedCandidate::digest(&a), EncodedCandidate::digest(&c));
+        let by_ref = items
+            .get_or_decode(&[ItemPart::Ref(&ref_a), ItemPart::Ref(&ref_c)], decode)
+            .unwrap();
+        assert_eq!(ids(&by_ref), ["a", "-"]);
+        assert!(Arc::ptr_eq(
+            by_ref[0].as_ref().unwrap(),
+            got[0].as_ref().unwrap()
+        ));
+        assert_eq!(decoded.load(Ordering::Relaxed), 3);
 
         let bad = Bytes::from("bad");
         assert_eq!(
-            items.get_or_decode(&[&c, &bad], decode).unwrap_err(),
+            items
+                .get_or_decode(&[full(&c), full(&bad)], decode)
+                .unwrap_err(),
             "bad item"
         );
         assert_eq!(items.len(), 2, "nothing of a refused call is kept");
 
         // Full: emptied, then filled again.
-        items.get_or_decode(&[&c, &d], decode).unwrap();
+        items.get_or_decode(&[full(&c), full(&d)], decode).unwrap();
         assert!(items.len() <= 3);
         let unkept = DecodedItems::new(0);
-        unkept.get_or_decode(&[&a], decode).unwrap();
+        unkept.get_or_decode(&[full(&a)], decode).unwrap();
         assert_eq!(unkept.len(), 0);
+        let unresolved = unkept
+            .get_or_decode(&[ItemPart::Ref(&ref_a)], decode)
+            .unwrap();
+        assert!(
+            unresolved[0].is_none(),
+            "a service that keeps nothing resolves nothing"
+        );
     }
 }

@@ -117,8 +117,9 @@ pub struct Config {
     /// How often the model file is checked for changes, in ms.
     #[arg(long, env = "RECO_RANKING_RELOAD_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..))]
     pub reload_ms: u64,
-    /// How many candidates' items to keep decoded, by the bytes they came as (0: decode every item every time).
-    /// Items recur from request to request; decoding and checking each one again cost ~a fifth of the service's CPU.
+    /// How many candidates' items to keep decoded, by their reference (0: decode every item every time, and
+    /// resolve no reference). Items recur from request to request; a caller sends an item kept here as its 16-byte
+    /// reference (`RankCandidate.item_ref`) instead of its fields.
     #[arg(long, env = "RECO_RANKING_ITEM_CACHE", default_value_t = DEFAULT_ITEM_CACHE)]
     pub item_cache: usize,
     #[command(flatten)]
