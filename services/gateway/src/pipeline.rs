@@ -533,8 +533,9 @@ impl Pipeline {
         }
 
         // hydrate: from the gateway's item cache, and the feature service for what it does not hold
-        let mut hydrated: foldhash::HashMap<ItemId, Arc<Hydrated>> =
-            foldhash::HashMap::with_capacity_and_hasher(merged.len(), Default::default());
+        // The hydrated item of each merged candidate, by position (None: not hydrated), kept in step with `merged`
+        // so that no later stage looks an item up by its id again.
+        let mut hydrated: Vec<Option<Arc<Hydrated>>> = Vec::with_capacity(merged.len());
         if merged.is_empty() {
             answer
                 .stages
@@ -545,13 +546,18 @@ impl Pipeline {
             let cache = self.items.as_ref().filter(|_| q.feature_version.is_none());
             let mut missing = Vec::new();
             match cache {
-                Some(c) => c.get_many(merged.iter().map(|m| &m.item_id), |id, found| match found {
-                    Some(item) => drop(hydrated.insert(id.clone(), item)),
-                    None => missing.push(id.to_string()),
+                Some(c) => c.get_many(merged.iter().map(|m| &m.item_id), |id, found| {
+                    if found.is_none() {
+                        missing.push(id.to_string());
+                    }
+                    hydrated.push(found);
                 }),
-                None => missing.extend(merged.iter().map(|m| m.item_id.to_string())),
+                None => {
+                    missing.extend(merged.iter().map(|m| m.item_id.to_string()));
+                    hydrated.resize(merged.len(), None);
+                }
             }
-            let cached = hydrated.len();
+            let cached = merged.len() - missing.len();
             let mut report;
             let answered = if missing.is_empty() {
                 report = StageReport {
@@ -587,7 +593,7 @@ impl Pipeline {
                 }
                 match out.value {
                     Some(resp) => {
-                        let fresh: Vec<(ItemId, Arc<Hydrated>)> = resp
+                        let fresh: foldhash::HashMap<ItemId, Arc<Hydrated>> = resp
                             .items
                             .into_iter()
                             .filter_map(|item| {
@@ -596,9 +602,13 @@ impl Pipeline {
                             })
                             .collect();
                         if let Some(c) = cache {
-                            c.insert_many(fresh.iter().cloned());
+                            c.insert_many(fresh.iter().map(|(id, h)| (id.clone(), h.clone())));
                         }
-                        hydrated.extend(fresh);
+                        for (slot, m) in hydrated.iter_mut().zip(&merged) {
+                            if slot.is_none() {
+                                *slot = fresh.get(&m.item_id).cloned();
+                            }
+                        }
                         true
                     }
                     None => false,
@@ -607,8 +617,10 @@ impl Pipeline {
             report.candidates_in = merged.len() as u32;
             if answered {
                 // An item the feature store does not know (deleted, or not loaded yet) is not served.
+                let mut known_at = hydrated.iter().map(Option::is_some);
                 merged.retain(|m| {
-                    let known = hydrated.contains_key(&m.item_id);
+                    // `retain` visits every element once, in order: in step with `hydrated`.
+                    let known = known_at.next().unwrap_or(false);
                     if !known {
                         dropped.push(merge::Dropped {
                             item_id: m.item_id.clone(),
@@ -619,6 +631,7 @@ impl Pipeline {
                     }
                     known
                 });
+                hydrated.retain(Option::is_some);
             }
             report.candidates_out = merged.len() as u32;
             answer.stages.push(report);
@@ -627,9 +640,9 @@ impl Pipeline {
         // rank: the model's inputs only (rank_features::ITEM_INPUTS, USER_INPUTS), not whole feature maps; each
         // item's part encoded once (Hydrated::rank_item) and, once ranking holds it, sent as its reference; its
         // sources per request
-        let rank_input = |m: &merge::Merged, by_ref: bool| {
+        let rank_input = |(m, h): (&merge::Merged, &Option<Arc<Hydrated>>), by_ref: bool| {
             let sources = m.sources.iter().cloned().map(Into::into).collect();
-            match hydrated.get(&m.item_id) {
+            match h {
                 Some(h) if by_ref && h.ranking_holds.load(Ordering::Relaxed) => EncodedCandidate {
                     item: Default::default(),
                     sources,
@@ -680,7 +693,11 @@ impl Pipeline {
                 candidates: Vec::new(),
                 top_n: 0,
                 context: q.context.clone().into_iter().collect(),
-                encoded_candidates: merged.iter().map(|m| rank_input(m, by_ref)).collect(),
+                encoded_candidates: merged
+                    .iter()
+                    .zip(&hydrated)
+                    .map(|c| rank_input(c, by_ref))
+                    .collect(),
             };
             let by_ref = self.cfg.rank_item_refs;
             let msg = request(by_ref);
@@ -694,10 +711,7 @@ impl Pipeline {
                 // Ranking no longer holds some items (it restarted, or let them go): forget that it did, and
                 // send every item in full once, within what is left of the stage's budget.
                 for &i in &resp.unresolved_item_refs {
-                    if let Some(h) = merged
-                        .get(i as usize)
-                        .and_then(|m| hydrated.get(&m.item_id))
-                    {
+                    if let Some(Some(h)) = hydrated.get(i as usize) {
                         h.ranking_holds.store(false, Ordering::Relaxed);
                     }
                 }
@@ -711,7 +725,7 @@ impl Pipeline {
             match out.value {
                 Some((resp, resent)) if resp.unresolved_item_refs.is_empty() => {
                     if by_ref {
-                        for h in merged.iter().filter_map(|m| hydrated.get(&m.item_id)) {
+                        for h in hydrated.iter().flatten() {
                             if !h.ranking_holds.load(Ordering::Relaxed) {
                                 h.ranking_holds.store(true, Ordering::Relaxed);
                             }
@@ -756,27 +770,26 @@ impl Pipeline {
 
         // re-rank: by model score when ranking answered, else by fused recall score; diversity; top N
         let rerank_started = Instant::now();
-        let categories_of = |id: &ItemId| -> Vec<Name> {
-            hydrated
-                .get(id)
-                .map(|i| {
-                    i.categories
-                        .iter()
-                        .filter_map(|c| Name::parse("category", c).ok())
-                        .collect()
-                })
-                .unwrap_or_default()
+        let categories_of = |h: Option<&Arc<Hydrated>>| -> Vec<Name> {
+            h.map(|i| {
+                i.categories
+                    .iter()
+                    .filter_map(|c| Name::parse("category", c).ok())
+                    .collect()
+            })
+            .unwrap_or_default()
         };
         let mut ranked: Vec<Ranked> = merged
             .iter()
-            .map(|m| Ranked {
+            .zip(&hydrated)
+            .map(|(m, h)| Ranked {
                 item_id: m.item_id.clone(),
                 score: if scores.is_empty() {
                     m.fused
                 } else {
                     scores.get(&m.item_id).copied().unwrap_or(f32::MIN)
                 },
-                category: hydrated.get(&m.item_id).and_then(|i| i.category.clone()),
+                category: h.as_ref().and_then(|i| i.category.clone()),
             })
             .collect();
         ranked.sort_by(|a, b| {
@@ -837,16 +850,15 @@ impl Pipeline {
                 candidates: Vec::new(),
                 context: q.context.clone(),
             };
-            for m in &merged {
+            for (m, h) in merged.iter().zip(&hydrated) {
                 let rc = reco_ranker::RankCandidate::new(
                     m.item_id.clone(),
-                    hydrated
-                        .get(&m.item_id)
+                    h.as_ref()
                         .and_then(|i| conversions::features("features", i.features.clone()).ok())
                         .unwrap_or_default(),
-                    categories_of(&m.item_id),
+                    categories_of(h.as_ref()),
                     m.sources.clone(),
-                    hydrated.get(&m.item_id).and_then(|i| {
+                    h.as_ref().and_then(|i| {
                         Embedding::parse_optional("embedding", i.embedding.clone())
                             .ok()
                             .flatten()
@@ -875,7 +887,8 @@ impl Pipeline {
             }
             for d in dropped {
                 answer.explanations.push(Explanation {
-                    categories: categories_of(&d.item_id),
+                    // Dropped before hydration, or for having no features: none were read.
+                    categories: Vec::new(),
                     item_id: d.item_id,
                     sources: d.sources,
                     features: BTreeMap::new(),
