@@ -6,7 +6,8 @@ use reco_cli::platform::PlatformConfig;
 use reco_integration_tests::{TestPlatform, ask};
 use reco_proto::{
     cache::v1::{
-        GetRecentEventsRequest, PushEventRequest, cache_service_client::CacheServiceClient,
+        GetRecentEventsRequest, GetRecommendationsRequest, PushEventRequest,
+        cache_service_client::CacheServiceClient,
     },
     common::v1::Event,
     gateway::v1::RecommendRequest,
@@ -146,4 +147,68 @@ async fn the_gateway_caches_results_and_rate_limits_through_redis() {
     let refused = refused.expect("the sixth call in a minute is refused");
     assert_eq!(refused.code(), Code::ResourceExhausted);
     t.platform.shutdown().await.unwrap();
+}
+
+/// The gateway's result-cache writes go out in batches after the answers; a gateway that shuts down sends what is
+/// queued before it exits. Checked on Redis, which outlives the platform: a cache service started afterwards on
+/// the same Redis finds every answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_queued_for_the_result_cache_are_written_before_the_gateway_exits() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let t = TestPlatform::start_with(PlatformConfig {
+        cache: redis_config(&redis),
+        ..Default::default()
+    })
+    .await;
+    let users: Vec<String> = reco_integration_tests::small_data()
+        .users
+        .iter()
+        .take(40)
+        .map(|u| u.user_id.to_string())
+        .collect();
+    // At once, so that answers queue up behind each other's writes.
+    let answers = futures::future::join_all(users.iter().map(|u| t.recommend(ask(u)))).await;
+    for a in &answers {
+        let a = a.as_ref().unwrap();
+        assert!(!a.degraded && !a.items.is_empty(), "{:#?}", a.stages);
+    }
+    t.platform.shutdown().await.unwrap();
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(reco_cache::build(&redis_config(&redis)).unwrap().serve(
+        listener,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    reco_server::wait_serving(&addr, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let mut client = CacheServiceClient::new(reco_server::channel(&addr).unwrap());
+    for (user, answer) in users.iter().zip(&answers) {
+        let cached = client
+            .get_recommendations(GetRecommendationsRequest {
+                user_id: user.clone(),
+                scene: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(cached.found, "{user}'s answer was written");
+        let written: Vec<String> = cached.items.into_iter().map(|c| c.item_id).collect();
+        let answered: Vec<String> = answer
+            .as_ref()
+            .unwrap()
+            .items
+            .iter()
+            .map(|i| i.item_id.clone())
+            .collect();
+        assert_eq!(written, answered);
+    }
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
 }

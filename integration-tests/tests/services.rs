@@ -302,6 +302,61 @@ async fn the_cache_begins_a_recommend_call_in_one_round_trip() {
     assert!(refused.result.is_none() && refused.recent_events.is_empty());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cache_writes_many_answers_in_one_call_or_none_when_one_is_bad() {
+    let t = TestPlatform::start().await;
+    let mut c = CacheServiceClient::new(ch(t.platform.addrs.cache));
+    let put = |user: &str, item: &str| cache::PutRecommendationsRequest {
+        user_id: user.into(),
+        items: vec![reco_proto::common::v1::Candidate {
+            item_id: item.into(),
+            score: 1.0,
+            sources: vec![],
+        }],
+        record_impressions: true,
+        ..Default::default()
+    };
+    let get = |user: &str| cache::GetRecommendationsRequest {
+        user_id: user.into(),
+        scene: String::new(),
+    };
+    let written = c
+        .put_recommendations_batch(cache::PutRecommendationsBatchRequest {
+            puts: vec![put("batch-a", "i1"), put("batch-b", "i2")],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .written;
+    assert_eq!(written, 2);
+    for (user, item) in [("batch-a", "i1"), ("batch-b", "i2")] {
+        let r = c.get_recommendations(get(user)).await.unwrap().into_inner();
+        assert!(r.found);
+        assert_eq!(r.items[0].item_id, item);
+    }
+    // One bad put refuses the call by its position, and none of the others is written.
+    assert_invalid(
+        c.put_recommendations_batch(cache::PutRecommendationsBatchRequest {
+            puts: vec![put("batch-c", "i3"), put("", "i4")],
+        })
+        .await,
+        "puts[1].user_id",
+    );
+    assert!(
+        !c.get_recommendations(get("batch-c"))
+            .await
+            .unwrap()
+            .into_inner()
+            .found
+    );
+    assert_invalid(
+        c.put_recommendations_batch(cache::PutRecommendationsBatchRequest { puts: vec![] })
+            .await,
+        "puts",
+    );
+    t.platform.shutdown().await.unwrap();
+}
+
 /// The ranking service keeps the items it decoded (by their reference): the same request answers the same the
 /// second time, sources are still read per request, an item refused once (NaN in its embedding) is refused again,
 /// never kept, and an item sent before can be sent by its reference alone.

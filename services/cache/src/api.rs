@@ -59,6 +59,34 @@ fn key(field: &str, s: &str) -> Result<String, ValidationError> {
     check_id(field, s, MAX_ID_BYTES).map(|()| s.to_string())
 }
 
+/// A PutRecommendations request, checked.
+struct Put {
+    user: UserId,
+    scene: Scene,
+    items: Vec<reco_types::Candidate>,
+    ttl: Duration,
+    record_impressions: bool,
+}
+
+impl Put {
+    fn parse(r: pb::PutRecommendationsRequest) -> Result<Self, ValidationError> {
+        let pb::PutRecommendationsRequest {
+            user_id,
+            scene,
+            items,
+            ttl_ms,
+            record_impressions,
+        } = r;
+        Ok(Self {
+            user: user(&user_id)?,
+            scene: Scene::parse("scene", &scene)?,
+            items: candidates("items", items)?,
+            ttl: millis("ttl_ms", ttl_ms, DEFAULT_RESULT_TTL)?,
+            record_impressions,
+        })
+    }
+}
+
 impl CacheApi {
     async fn get_recommendations(
         &self,
@@ -81,29 +109,43 @@ impl CacheApi {
         &self,
         r: pb::PutRecommendationsRequest,
     ) -> Result<pb::PutRecommendationsResponse, Error> {
-        let pb::PutRecommendationsRequest {
-            user_id,
+        self.put(Put::parse(r)?).await?;
+        Ok(pb::PutRecommendationsResponse {})
+    }
+
+    async fn put_recommendations_batch(
+        &self,
+        r: pb::PutRecommendationsBatchRequest,
+    ) -> Result<pb::PutRecommendationsBatchResponse, Error> {
+        check_batch("puts", r.puts.len())?;
+        let puts = each("puts", r.puts, Put::parse)?;
+        let written = puts.len() as u32;
+        // At once: against Redis the writes share the connection's pipeline.
+        futures::future::try_join_all(puts.into_iter().map(|p| self.put(p))).await?;
+        Ok(pb::PutRecommendationsBatchResponse { written })
+    }
+
+    async fn put(&self, p: Put) -> Result<(), Error> {
+        let Put {
+            user,
             scene,
             items,
-            ttl_ms,
+            ttl,
             record_impressions,
-        } = r;
-        let (u, s) = (user(&user_id)?, Scene::parse("scene", &scene)?);
-        let items = candidates("items", items)?;
-        let ttl = millis("ttl_ms", ttl_ms, DEFAULT_RESULT_TTL)?;
+        } = p;
         if record_impressions {
             let ids: Vec<ItemId> = items.iter().map(|c| c.item_id.clone()).collect();
             let (put, recorded) = tokio::join!(
-                self.store.put_result(&u, &s, items, ttl),
+                self.store.put_result(&user, &scene, items, ttl),
                 self.store
-                    .record_impressions(&u, &ids, reco_types::now_ms()),
+                    .record_impressions(&user, &ids, reco_types::now_ms()),
             );
             put?;
             recorded?;
         } else {
-            self.store.put_result(&u, &s, items, ttl).await?;
+            self.store.put_result(&user, &scene, items, ttl).await?;
         }
-        Ok(pb::PutRecommendationsResponse {})
+        Ok(())
     }
 
     async fn invalidate(&self, r: pb::InvalidateRequest) -> Result<pb::InvalidateResponse, Error> {
@@ -343,4 +385,5 @@ reco_server::delegate_rpcs! { CacheService => CacheApi {
     put_session(pb::PutSessionRequest) -> pb::PutSessionResponse;
     delete_session(pb::DeleteSessionRequest) -> pb::DeleteSessionResponse;
     begin_recommend(pb::BeginRecommendRequest) -> pb::BeginRecommendResponse;
+    put_recommendations_batch(pb::PutRecommendationsBatchRequest) -> pb::PutRecommendationsBatchResponse;
 }}

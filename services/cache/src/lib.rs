@@ -24,6 +24,7 @@ pub const API: &str = "reco.cache.v1.CacheService";
 /// The RPCs that change data: with `--auth-tokens-file`, only callers with the write permission may call them.
 pub const WRITE_RPCS: &[&str] = &[
     "PutRecommendations",
+    "PutRecommendationsBatch",
     "Invalidate",
     "PushEvent",
     "RecordImpressions",
