@@ -24,6 +24,30 @@ fn redis_config(server: &RedisServer) -> reco_cache::Config {
     }
 }
 
+/// A cache service alone on `redis`, serving on a free port until `stop` is sent; `server` ends with it.
+async fn cache_service(
+    redis: &RedisServer,
+) -> (
+    CacheServiceClient<reco_server::TracedChannel>,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), reco_server::ServerError>>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(reco_cache::build(&redis_config(redis)).unwrap().serve(
+        listener,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    reco_server::wait_serving(&addr, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let client = CacheServiceClient::new(reco_server::channel(&addr).unwrap());
+    (client, stop, server)
+}
+
 fn push(user: &str) -> PushEventRequest {
     PushEventRequest {
         user_id: user.into(),
@@ -41,19 +65,7 @@ async fn the_cache_service_fails_fast_while_redis_is_down_and_recovers_without_a
     let Some(mut redis) = RedisServer::start() else {
         return;
     };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(reco_cache::build(&redis_config(&redis)).unwrap().serve(
-        listener,
-        async {
-            let _ = stopped.await;
-        },
-    ));
-    reco_server::wait_serving(&addr, Duration::from_secs(10))
-        .await
-        .unwrap();
-    let mut client = CacheServiceClient::new(reco_server::channel(&addr).unwrap());
+    let (mut client, stop, server) = cache_service(&redis).await;
     assert_eq!(
         client
             .push_event(push("outage"))
@@ -176,19 +188,7 @@ async fn answers_queued_for_the_result_cache_are_written_before_the_gateway_exit
     }
     t.platform.shutdown().await.unwrap();
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(reco_cache::build(&redis_config(&redis)).unwrap().serve(
-        listener,
-        async {
-            let _ = stopped.await;
-        },
-    ));
-    reco_server::wait_serving(&addr, Duration::from_secs(10))
-        .await
-        .unwrap();
-    let mut client = CacheServiceClient::new(reco_server::channel(&addr).unwrap());
+    let (mut client, stop, server) = cache_service(&redis).await;
     for (user, answer) in users.iter().zip(&answers) {
         let cached = client
             .get_recommendations(GetRecommendationsRequest {

@@ -1129,6 +1129,9 @@ const RESULT_BATCH: usize = 256;
 const RESULT_LINGER: Duration = Duration::from_millis(5);
 /// How long an after-answer write may take.
 const AFTER_ANSWER_TIMEOUT: Duration = Duration::from_millis(100);
+/// How long a batch of result writes may take: up to [`RESULT_BATCH`] writes, each a result and its impressions.
+/// Only the writer waits for it (the queue holds what arrives meanwhile), never a request.
+const RESULT_BATCH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Sends the queued result-cache writes one call at a time. A call takes every write queued so far and those
 /// that arrive within [`RESULT_LINGER`] of the first (up to [`RESULT_BATCH`]): at 1,000 answers a second that is
@@ -1175,7 +1178,7 @@ async fn write_results_to(
             let n = puts.len();
             let msg = PutRecommendationsBatchRequest { puts };
             if let Err(error) = cache
-                .put_recommendations_batch(request(msg, AFTER_ANSWER_TIMEOUT))
+                .put_recommendations_batch(request(msg, RESULT_BATCH_TIMEOUT))
                 .await
             {
                 warn!(%error, writes = n, "result cache and impression writes failed");
