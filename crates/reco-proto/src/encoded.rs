@@ -616,20 +616,17 @@ mod tests {
                 ),
             ]
         );
-        assert_eq!(
-            fields("reco.ranking.v1", "RankCandidate")
-                .iter()
-                .find(|f| f.0 == "sources")
-                .map(|f| f.1),
-            Some(CANDIDATE_SOURCES as i32)
-        );
-        assert_eq!(
-            fields("reco.ranking.v1", "RankCandidate")
-                .iter()
-                .find(|f| f.0 == "item_ref")
-                .map(|f| f.1),
-            Some(CANDIDATE_ITEM_REF as i32)
-        );
+        let candidate = fields("reco.ranking.v1", "RankCandidate");
+        for (name, number) in [
+            ("sources", CANDIDATE_SOURCES),
+            ("item_ref", CANDIDATE_ITEM_REF),
+        ] {
+            assert_eq!(
+                candidate.iter().find(|f| f.0 == name).map(|f| f.1),
+                Some(number as i32),
+                "{name}"
+            );
+        }
     }
 
     fn fields(package: &str, name: &str) -> Vec<(String, i32, String)> {
