@@ -5,8 +5,8 @@
 //! the users' embeddings), and 200,000 synthetic clustered 64-d vectors (5,000 overlapping Gaussian clusters;
 //! queries drawn the same way). For each ef_search: recall@100 against exact search, queries per second on one
 //! core (one query at a time, through the VectorIndex trait as the service calls it) and p99 latency. Then each side's QPS at recall
-//! exactly 0.95 (interpolated between the efs around it), and ours as a ratio to faiss's. At each ef the two sides
-//! take turns, three passes over the queries each, and each side's fastest pass counts. Our graph is sealed first
+//! exactly 0.95 (interpolated between the efs around it), and ours as a ratio to faiss's. The two sides take turns
+//! at each ef, the efs are swept three times, and each side's fastest pass at an ef counts. Our graph is sealed first
 //! (`promote`), as the service seals a bulk load when it starts serving it.
 //!
 //! Run: `cargo bench -p reco-vector-index --bench ann`. faiss comes from PyPI (`faiss-cpu`, `numpy`): the bench
@@ -375,28 +375,31 @@ fn run(name: &str, base: Vec<Vec<f32>>, qs: Vec<Vec<f32>>, rt: &tokio::runtime::
         .iter()
         .map(|q| Embedding::parse("q", q.clone()).unwrap())
         .collect();
-    // At each ef the two take turns, PASSES times each, and each side's fastest pass counts: the machine's speed
-    // drifts over minutes, and turns put both sides in the same minute.
+    // The two sides take turns at each ef, and the efs are swept PASSES times; each side's fastest pass at an ef
+    // counts. This machine's speed drifts over seconds to minutes: turns put both sides in the same seconds, and
+    // the sweeps put an ef's passes minutes apart, so one slow spell does not decide an ef.
     let best = |a: Option<Point>, b: Point| match a {
         Some(a) if a.qps >= b.qps => a,
         _ => b,
     };
-    let mut mine = Vec::new();
-    let mut theirs = Vec::new();
-    for ef in EFS {
-        let (mut ours_best, mut theirs_best) = (None, None);
-        for _ in 0..PASSES {
-            ours_best = Some(best(ours_best, pass_ours(&index, &queries, &truth, ef, rt)));
+    let mut mine: Vec<Option<Point>> = EFS.iter().map(|_| None).collect();
+    let mut theirs: Vec<Option<Point>> = EFS.iter().map(|_| None).collect();
+    for _ in 0..PASSES {
+        for (i, &ef) in EFS.iter().enumerate() {
+            mine[i] = Some(best(
+                mine[i].take(),
+                pass_ours(&index, &queries, &truth, ef, rt),
+            ));
             if let Some(f) = faiss.as_mut() {
                 match f.pass(ef) {
-                    Some(p) => theirs_best = Some(best(theirs_best, p)),
+                    Some(p) => theirs[i] = Some(best(theirs[i].take(), p)),
                     None => faiss = None,
                 }
             }
         }
-        mine.extend(ours_best);
-        theirs.extend(theirs_best);
     }
+    let mine: Vec<Point> = mine.into_iter().flatten().collect();
+    let theirs: Vec<Point> = theirs.into_iter().flatten().collect();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
         "  reco hnsw (usearch, vectors stored as {:?}, sealed): built in {build:.1} s ({cores} threads)",
