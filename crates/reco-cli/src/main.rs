@@ -412,6 +412,9 @@ struct UpArgs {
     /// this one.
     #[arg(long)]
     processes: bool,
+    /// With --processes: the services call each other over TCP, not over Unix sockets (to compare the two).
+    #[arg(long, requires = "processes")]
+    tcp_only: bool,
 }
 
 #[derive(clap::Args)]
@@ -457,6 +460,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
                     host: args.host,
                     base_port: args.base_port,
                     data_dir: args.data_dir.clone(),
+                    unix_sockets: !args.tcp_only,
                     ..Default::default()
                 },
             )

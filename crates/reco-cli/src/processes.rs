@@ -34,6 +34,10 @@ pub struct ProcessOptions {
     pub flags: BTreeMap<&'static str, Vec<String>>,
     /// Show each child's log lines on this process's stderr, prefixed with the service's name.
     pub forward_logs: bool,
+    /// The services call each other over Unix sockets (each also listens on one, in a temporary directory), not
+    /// over TCP: the processes share a machine, and a socket skips the TCP/IP stack. Every service still listens
+    /// on TCP for outside callers (grpcurl, the load generator).
+    pub unix_sockets: bool,
 }
 
 impl Default for ProcessOptions {
@@ -44,6 +48,7 @@ impl Default for ProcessOptions {
             data_dir: None,
             flags: BTreeMap::new(),
             forward_logs: true,
+            unix_sockets: true,
         }
     }
 }
@@ -56,6 +61,7 @@ pub struct ProcessPlatform {
     children: BTreeMap<&'static str, Child>,
     forward_logs: bool,
     _data_dir: Option<tempfile::TempDir>,
+    _sockets: Option<tempfile::TempDir>,
 }
 
 /// Spawns `exe serve service args...` and returns it with the address it printed.
@@ -132,7 +138,31 @@ impl ProcessPlatform {
                 opts.base_port + offset
             }
         };
-        let listen = |offset| format!("--listen={}", SocketAddr::new(opts.host, port(offset)));
+        // Sockets in a directory of their own: a socket's path must stay under ~100 bytes, which a long
+        // --data-dir could break.
+        let sockets = if opts.unix_sockets {
+            Some(tempfile::tempdir().context("cannot make a directory for the Unix sockets")?)
+        } else {
+            None
+        };
+        let socket = |service: &str| {
+            sockets
+                .as_ref()
+                .map(|d| d.path().join(format!("{service}.sock")))
+        };
+        let listen = |offset: u16, service: &str| {
+            let mut flags = vec![format!(
+                "--listen={}",
+                SocketAddr::new(opts.host, port(offset))
+            )];
+            flags.extend(socket(service).map(|path| format!("--listen-unix={}", path.display())));
+            flags
+        };
+        // How the gateway and vector-recall reach a service: its socket, else its TCP address.
+        let reach = |service: &str, tcp: SocketAddr| match socket(service) {
+            Some(path) => format!("{}{}", reco_server::UNIX_PREFIX, path.display()),
+            None => tcp.to_string(),
+        };
         let mut platform = Self {
             addrs: Addrs {
                 gateway: SocketAddr::new(opts.host, 0),
@@ -147,6 +177,7 @@ impl ProcessPlatform {
             children: BTreeMap::new(),
             forward_logs: opts.forward_logs,
             _data_dir: temp,
+            _sockets: None,
         };
         let extra = |s: &str| opts.flags.get(s).cloned().unwrap_or_default();
         let dir = |s: &str| data_dir.join(s).display().to_string();
@@ -154,21 +185,22 @@ impl ProcessPlatform {
         let feature = platform.launch(
             "feature",
             [
-                vec![listen(1), format!("--data-dir={}", dir("feature"))],
+                listen(1, "feature"),
+                vec![format!("--data-dir={}", dir("feature"))],
                 extra("feature"),
             ]
             .concat(),
         )?;
         platform.addrs.feature = feature;
         platform.addrs.cache =
-            platform.launch("cache", [vec![listen(2)], extra("cache")].concat())?;
+            platform.launch("cache", [listen(2, "cache"), extra("cache")].concat())?;
         platform.addrs.vector = platform.launch(
             "vector-recall",
             [
+                listen(3, "vector-recall"),
                 vec![
-                    listen(3),
                     format!("--data-dir={}", dir("vector")),
-                    format!("--feature-addr={feature}"),
+                    format!("--feature-addr={}", reach("feature", feature)),
                 ],
                 extra("vector-recall"),
             ]
@@ -176,26 +208,27 @@ impl ProcessPlatform {
         )?;
         platform.addrs.graph = platform.launch(
             "graph-recall",
-            [vec![listen(4)], extra("graph-recall")].concat(),
+            [listen(4, "graph-recall"), extra("graph-recall")].concat(),
         )?;
         platform.addrs.ranking =
-            platform.launch("ranking", [vec![listen(5)], extra("ranking")].concat())?;
+            platform.launch("ranking", [listen(5, "ranking"), extra("ranking")].concat())?;
         let a = platform.addrs.clone();
         platform.addrs.gateway = platform.launch(
             "gateway",
             [
+                listen(0, "gateway"),
                 vec![
-                    listen(0),
-                    format!("--feature-addr={}", a.feature),
-                    format!("--cache-addr={}", a.cache),
-                    format!("--vector-addr={}", a.vector),
-                    format!("--graph-addr={}", a.graph),
-                    format!("--ranking-addr={}", a.ranking),
+                    format!("--feature-addr={}", reach("feature", a.feature)),
+                    format!("--cache-addr={}", reach("cache", a.cache)),
+                    format!("--vector-addr={}", reach("vector-recall", a.vector)),
+                    format!("--graph-addr={}", reach("graph-recall", a.graph)),
+                    format!("--ranking-addr={}", reach("ranking", a.ranking)),
                 ],
                 extra("gateway"),
             ]
             .concat(),
         )?;
+        platform._sockets = sockets;
         for (name, addr) in platform.addrs.all() {
             reco_server::wait_serving(&addr.to_string(), Duration::from_secs(60))
                 .await

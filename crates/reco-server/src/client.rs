@@ -52,7 +52,7 @@ pub type TracedChannel = InterceptedService<Channel, TraceInterceptor>;
 pub const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
 pub const CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
 
-/// A lazily connected channel to `addr` (`host:port` or a full `http://` URI). It connects on first use and
+/// A lazily connected channel to `addr` (`host:port`, a full `http://` URI, or `unix:PATH`). It connects on first use and
 /// reconnects by itself, so a downstream that starts later or restarts is picked up without restarting the caller.
 ///
 /// Over TLS when the process has `RECO_TLS_CA` set (with `RECO_TLS_CERT` and `RECO_TLS_KEY`, presenting that
@@ -107,6 +107,16 @@ fn build(
     interceptor: TraceInterceptor,
     tls: Option<&std::sync::Arc<crate::tls::ClientTls>>,
 ) -> Result<TracedChannel, tonic::transport::Error> {
+    // A co-located service's Unix socket: no TCP/IP stack between the two processes, and no TLS (the socket
+    // file's permissions guard it; a server with TLS does not listen on one).
+    #[cfg(unix)]
+    if let Some(path) = addr.strip_prefix(UNIX_PREFIX) {
+        let channel = settings(Endpoint::from_static("http://localhost"))
+            .connect_with_connector_lazy(crate::coalesce::UnixConnector(
+                std::path::Path::new(path).into(),
+            ));
+        return Ok(InterceptedService::new(channel, interceptor));
+    }
     // With TLS the connector does the handshake itself (re-reading rotated certificates), so the channel's own
     // scheme stays http.
     let host = addr.split_once("://").map_or(addr, |(_, rest)| rest);
@@ -115,14 +125,7 @@ fn build(
         None if addr.contains("://") => addr.to_string(),
         None => format!("http://{addr}"),
     };
-    let endpoint = Endpoint::from_shared(uri)?
-        .connect_timeout(Duration::from_millis(500))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(20))
-        .keep_alive_while_idle(true)
-        // Room for answers and bulk loads larger than HTTP/2's 64 KB default window.
-        .initial_stream_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW);
+    let endpoint = settings(Endpoint::from_shared(uri)?);
     let channel = match tls {
         Some(tls) => endpoint.connect_with_connector_lazy(crate::tls::Connector(tls.clone())),
         // HEADERS and DATA of a call in one write (see `coalesce`).
@@ -130,6 +133,22 @@ fn build(
     };
     Ok(InterceptedService::new(channel, interceptor))
 }
+
+/// Every reco connection's settings.
+fn settings(endpoint: Endpoint) -> Endpoint {
+    endpoint
+        .connect_timeout(Duration::from_millis(500))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_while_idle(true)
+        // Room for answers and bulk loads larger than HTTP/2's 64 KB default window.
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+}
+
+/// An address of this form (`unix:/run/reco/feature.sock`) names a Unix socket that a service serves with
+/// `--listen-unix`.
+pub const UNIX_PREFIX: &str = "unix:";
 
 /// Waits until the server at `addr` reports SERVING on `grpc.health.v1.Health/Check`, or `timeout` passes.
 pub async fn wait_serving(addr: &str, timeout: Duration) -> Result<(), String> {

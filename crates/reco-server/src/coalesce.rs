@@ -183,6 +183,32 @@ impl tower::Service<http::Uri> for TcpConnector {
     }
 }
 
+/// Opens Unix-socket connections to one path for a tonic channel (`unix:PATH` addresses), each behind
+/// [`Coalescing`]. The channel's URI only names the HTTP/2 authority; the path is where it connects.
+#[cfg(unix)]
+#[derive(Clone, Debug)]
+pub struct UnixConnector(pub std::sync::Arc<std::path::Path>);
+
+#[cfg(unix)]
+impl tower::Service<http::Uri> for UnixConnector {
+    type Response = hyper_util::rt::TokioIo<Coalescing<tokio::net::UnixStream>>;
+    type Error = io::Error;
+    type Future =
+        Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: http::Uri) -> Self::Future {
+        let path = self.0.clone();
+        Box::pin(async move {
+            let unix = tokio::net::UnixStream::connect(&*path).await?;
+            Ok(hyper_util::rt::TokioIo::new(Coalescing::new(unix)))
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,7 +16,7 @@ mod server;
 pub mod tls;
 
 pub use client::{
-    TraceInterceptor, TracedChannel, channel, channel_tls, channel_with, wait_serving,
+    TraceInterceptor, TracedChannel, UNIX_PREFIX, channel, channel_tls, channel_with, wait_serving,
 };
 pub use item_cache::ItemCache;
 pub use server::{GrpcServer, ServerArgs, ServerError, shutdown_signal};

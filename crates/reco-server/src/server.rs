@@ -26,6 +26,10 @@ pub struct ServerArgs {
     /// Address to listen on; each service has its own default port.
     #[arg(long, env = "RECO_LISTEN")]
     pub listen: Option<SocketAddr>,
+    /// Also serve on this Unix socket (a stale one is replaced), for callers on the same machine: they skip the
+    /// TCP/IP stack by addressing the service as `unix:PATH`. Plaintext only: not with `--tls-cert`.
+    #[arg(long, env = "RECO_LISTEN_UNIX")]
+    pub listen_unix: Option<std::path::PathBuf>,
     /// Requests handled at once, over all connections; past it requests are refused with RESOURCE_EXHAUSTED.
     #[arg(long, env = "RECO_CONCURRENCY_LIMIT", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub concurrency_limit: u32,
@@ -52,6 +56,7 @@ impl Default for ServerArgs {
     fn default() -> Self {
         Self {
             listen: None,
+            listen_unix: None,
             concurrency_limit: 1024,
             drain_timeout_ms: 10_000,
             auth_tokens_file: None,
@@ -75,6 +80,9 @@ pub enum ServerError {
     /// The certificate files could not be used.
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    /// The Unix socket could not be served.
+    #[error("cannot serve on the Unix socket {path}: {reason}")]
+    Unix { path: String, reason: String },
     /// In-flight requests did not finish within the drain timeout.
     #[error("requests still running after the drain timeout of {0:?}; stopped anyway")]
     DrainTimeout(Duration),
@@ -248,7 +256,40 @@ impl GrpcServer {
         let stopped = async {
             let _ = stop_rx.await;
         };
-        let (server, acceptor) = match self.args.tls.server()? {
+        let tls = self.args.tls.server()?;
+        let unix = match &self.args.listen_unix {
+            Some(path) => {
+                let refused = |reason: String| ServerError::Unix {
+                    path: path.display().to_string(),
+                    reason,
+                };
+                if tls.is_some() {
+                    return Err(refused(
+                        "a Unix socket serves plaintext, and this server is configured for TLS"
+                            .into(),
+                    ));
+                }
+                // What a killed process left behind; a live server's socket is replaced too, as with a restart.
+                let _ = std::fs::remove_file(path);
+                let listener =
+                    tokio::net::UnixListener::bind(path).map_err(|e| refused(e.to_string()))?;
+                let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+                let served = tokio::spawn(router.clone().serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::UnixListenerStream::new(listener),
+                    async {
+                        let _ = stopped.await;
+                    },
+                ));
+                info!(service = name, path = %path.display(), "listening on a Unix socket");
+                Some(UnixServer {
+                    path: path.clone(),
+                    stop,
+                    served,
+                })
+            }
+            None => None,
+        };
+        let (server, acceptor) = match tls {
             None => {
                 // Nagle's algorithm would hold back the tail of multi-segment responses until the peer's
                 // delayed ACK.
@@ -301,6 +342,10 @@ impl GrpcServer {
         let _ = self.draining.send(true);
         info!(service = name, "draining");
         let _ = stop_tx.send(());
+        let unix = unix.map(|u| {
+            let _ = u.stop.send(());
+            (u.path, u.served)
+        });
         // The TLS accept loop owns the listener: stopping it releases the port.
         if let Some(acceptor) = &acceptor {
             acceptor.abort();
@@ -310,6 +355,12 @@ impl GrpcServer {
         let after = self.after_drain.lock().expect("not poisoned").take();
         let drained = async move {
             let served = server.await;
+            if let Some((path, unix)) = unix {
+                if let Ok(Err(error)) = unix.await {
+                    warn!(service = name, %error, "the Unix socket's server failed");
+                }
+                let _ = std::fs::remove_file(path);
+            }
             if let Some(work) = after {
                 work.await;
             }
@@ -324,6 +375,13 @@ impl GrpcServer {
             }
         }
     }
+}
+
+/// The server on `--listen-unix`, beside the TCP one.
+struct UnixServer {
+    path: std::path::PathBuf,
+    stop: tokio::sync::oneshot::Sender<()>,
+    served: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.

@@ -1,5 +1,5 @@
-//! The shared server's layers, seen from a real client: a panicking handler answers INTERNAL, and requests over
-//! the concurrency limit are refused at once with RESOURCE_EXHAUSTED.
+//! The shared server's layers, seen from a real client: a panicking handler answers INTERNAL, requests over the
+//! concurrency limit are refused at once with RESOURCE_EXHAUSTED, and a Unix socket serves the same routes.
 
 use std::{
     convert::Infallible,
@@ -56,13 +56,17 @@ struct Running {
 }
 
 async fn start(limit: u32) -> Running {
+    start_with(ServerArgs {
+        concurrency_limit: limit,
+        ..Default::default()
+    })
+    .await
+}
+
+async fn start_with(args: ServerArgs) -> Running {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let (entered, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
-    let args = ServerArgs {
-        concurrency_limit: limit,
-        ..Default::default()
-    };
     let server = GrpcServer::new("test", args).add_service(TestService {
         entered: entered.clone(),
         release: release.clone(),
@@ -138,4 +142,39 @@ async fn requests_over_the_concurrency_limit_are_refused_not_queued() {
         .unwrap();
     let _ = r.stop.send(());
     r.task.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_unix_socket_serves_the_same_routes_under_the_same_limit_and_goes_away_on_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("test.sock");
+    // A killed server's socket file: replaced, not an error.
+    std::fs::write(&path, b"stale").unwrap();
+    let r = start_with(ServerArgs {
+        concurrency_limit: 1,
+        listen_unix: Some(path.clone()),
+        ..Default::default()
+    })
+    .await;
+    let unix = format!("{}{}", reco_server::UNIX_PREFIX, path.display());
+    reco_server::wait_serving(&unix, std::time::Duration::from_secs(5))
+        .await
+        .unwrap();
+    let err = call(&unix, "/reco.test.Test/Panic").await.unwrap_err();
+    assert_eq!(err.code(), Code::Internal, "the same layers: {err:?}");
+
+    // One limit over both listeners: a request parked over TCP holds the only permit.
+    let first = tokio::spawn({
+        let addr = r.addr.clone();
+        async move { call(&addr, "/reco.test.Test/Park").await }
+    });
+    r.entered.notified().await;
+    let err = call(&unix, "/reco.test.Test/Park").await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    r.release.notify_waiters();
+    let _ = first.await.unwrap();
+
+    let _ = r.stop.send(());
+    r.task.await.unwrap();
+    assert!(!path.exists(), "the socket is removed on stop");
 }
