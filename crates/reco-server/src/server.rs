@@ -352,6 +352,9 @@ impl GrpcServer {
         }
         let drain = Duration::from_millis(self.args.drain_timeout_ms);
         let abort = server.abort_handle();
+        let unix_left = unix
+            .as_ref()
+            .map(|(path, served)| (path.clone(), served.abort_handle()));
         let after = self.after_drain.lock().expect("not poisoned").take();
         let drained = async move {
             let served = server.await;
@@ -371,6 +374,10 @@ impl GrpcServer {
             Ok(Err(join)) => panic!("server task failed: {join}"),
             Err(_) => {
                 abort.abort();
+                if let Some((path, unix)) = unix_left {
+                    unix.abort();
+                    let _ = std::fs::remove_file(path);
+                }
                 Err(ServerError::DrainTimeout(drain))
             }
         }
