@@ -273,19 +273,16 @@ impl GrpcServer {
                 let _ = std::fs::remove_file(path);
                 let listener =
                     tokio::net::UnixListener::bind(path).map_err(|e| refused(e.to_string()))?;
-                let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+                // It stops with the TCP server: when the server starts draining.
+                let mut draining = self.draining.subscribe();
                 let served = tokio::spawn(router.clone().serve_with_incoming_shutdown(
                     tokio_stream::wrappers::UnixListenerStream::new(listener),
-                    async {
-                        let _ = stopped.await;
+                    async move {
+                        let _ = draining.wait_for(|d| *d).await;
                     },
                 ));
                 info!(service = name, path = %path.display(), "listening on a Unix socket");
-                Some(UnixServer {
-                    path: path.clone(),
-                    stop,
-                    served,
-                })
+                Some((SocketFile(path.clone()), served))
             }
             None => None,
         };
@@ -342,27 +339,22 @@ impl GrpcServer {
         let _ = self.draining.send(true);
         info!(service = name, "draining");
         let _ = stop_tx.send(());
-        let unix = unix.map(|u| {
-            let _ = u.stop.send(());
-            (u.path, u.served)
-        });
+        // The socket file goes when this function returns, drained or not.
+        let (_socket_file, unix) = unix.unzip();
         // The TLS accept loop owns the listener: stopping it releases the port.
         if let Some(acceptor) = &acceptor {
             acceptor.abort();
         }
         let drain = Duration::from_millis(self.args.drain_timeout_ms);
         let abort = server.abort_handle();
-        let unix_left = unix
-            .as_ref()
-            .map(|(path, served)| (path.clone(), served.abort_handle()));
+        let unix_abort = unix.as_ref().map(tokio::task::JoinHandle::abort_handle);
         let after = self.after_drain.lock().expect("not poisoned").take();
         let drained = async move {
             let served = server.await;
-            if let Some((path, unix)) = unix {
-                if let Ok(Err(error)) = unix.await {
-                    warn!(service = name, %error, "the Unix socket's server failed");
-                }
-                let _ = std::fs::remove_file(path);
+            if let Some(unix) = unix
+                && let Ok(Err(error)) = unix.await
+            {
+                warn!(service = name, %error, "the Unix socket's server failed");
             }
             if let Some(work) = after {
                 work.await;
@@ -374,9 +366,8 @@ impl GrpcServer {
             Ok(Err(join)) => panic!("server task failed: {join}"),
             Err(_) => {
                 abort.abort();
-                if let Some((path, unix)) = unix_left {
+                if let Some(unix) = unix_abort {
                     unix.abort();
-                    let _ = std::fs::remove_file(path);
                 }
                 Err(ServerError::DrainTimeout(drain))
             }
@@ -384,11 +375,13 @@ impl GrpcServer {
     }
 }
 
-/// The server on `--listen-unix`, beside the TCP one.
-struct UnixServer {
-    path: std::path::PathBuf,
-    stop: tokio::sync::oneshot::Sender<()>,
-    served: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+/// The `--listen-unix` socket's file, removed when dropped.
+struct SocketFile(std::path::PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.
