@@ -5,9 +5,14 @@
 //! the users' embeddings), and 200,000 synthetic clustered 64-d vectors (5,000 overlapping Gaussian clusters;
 //! queries drawn the same way). For each ef_search: recall@100 against exact search, queries per second on one
 //! core (one query at a time, through the VectorIndex trait as the service calls it) and p99 latency. Then each side's QPS at recall
-//! exactly 0.95 (interpolated between the efs around it), and ours as a ratio to faiss's. The two sides take turns
-//! at each ef, the efs are swept three times, and each side's fastest pass at an ef counts. Our graph is sealed first
+//! exactly 0.95 ([`qps_at_target`]), and ours as a ratio to faiss's. Our graph is sealed first
 //! (`promote`), as the service seals a bulk load when it starts serving it.
+//!
+//! How speed is measured on a shared machine whose speed swings by 2x within seconds: the queries are cut into
+//! slices of [`SLICE`], and the two sides take turns slice by slice (ours, then faiss's, on the same queries); the
+//! efs are swept [`SWEEPS`] times. A side's time at an ef is the sum over slices of its fastest pass over each
+//! slice: a slow spell spoils a few tens of milliseconds of one sweep, not an ef. Latency percentiles count every
+//! query of every sweep.
 //!
 //! Run: `cargo bench -p reco-vector-index --bench ann`. faiss comes from PyPI (`faiss-cpu`, `numpy`): the bench
 //! uses `.tools/venv/bin/python` (scripts/test.sh makes it) or `RECO_PYTHON`, and installs the two packages into
@@ -31,8 +36,10 @@ const M: usize = 16;
 const EF_CONSTRUCTION: usize = 256;
 const EFS: [usize; 9] = [64, 100, 128, 144, 160, 200, 256, 320, 400];
 const TARGET_RECALL: f64 = 0.95;
-/// Passes over the queries at each ef; the fastest counts, on both sides.
-const PASSES: usize = 3;
+/// Sweeps over the efs; at each ef, each slice's fastest pass counts, on both sides.
+const SWEEPS: usize = 5;
+/// Queries per slice: the two sides take turns at this grain.
+const SLICE: usize = 50;
 /// Synthetic clusters and their spread (unit-variance centres): enough overlap that a query's 100 nearest span
 /// several clusters, as real embeddings do; tight, separate clusters make every index look perfect.
 const CLUSTERS: usize = 5_000;
@@ -119,13 +126,57 @@ struct Point {
     p99_us: f64,
 }
 
-fn recall(truth: &[Vec<u32>], found: &[Vec<u32>]) -> f64 {
-    let hits: usize = truth
+/// One pass over a slice of the queries.
+struct SlicePass {
+    secs: f64,
+    /// Of the slice's answers, how many are among the exact top K.
+    hits: usize,
+    latencies_us: Vec<f64>,
+}
+
+/// A side's passes at one ef, slice by slice, over the sweeps.
+struct Tally {
+    ef: usize,
+    fastest: Vec<f64>,
+    hits: Vec<usize>,
+    latency: Histogram<u64>,
+}
+
+impl Tally {
+    fn new(ef: usize, slices: usize) -> Self {
+        Self {
+            ef,
+            fastest: vec![f64::INFINITY; slices],
+            hits: vec![0; slices],
+            latency: Histogram::new(3).unwrap(),
+        }
+    }
+
+    fn add(&mut self, slice: usize, p: SlicePass) {
+        self.fastest[slice] = self.fastest[slice].min(p.secs);
+        // Deterministic: every sweep finds the same items.
+        self.hits[slice] = p.hits;
+        for us in p.latencies_us {
+            self.latency.record((us * 1000.0) as u64).unwrap();
+        }
+    }
+
+    fn point(&self, queries: usize) -> Point {
+        Point {
+            ef: self.ef,
+            recall: self.hits.iter().sum::<usize>() as f64 / (queries * K) as f64,
+            qps: queries as f64 / self.fastest.iter().sum::<f64>(),
+            p99_us: self.latency.value_at_quantile(0.99) as f64 / 1000.0,
+        }
+    }
+}
+
+fn hits(truth: &[Vec<u32>], found: &[Vec<u32>]) -> usize {
+    truth
         .iter()
         .zip(found)
         .map(|(t, f)| f.iter().filter(|x| t.contains(x)).count())
-        .sum();
-    hits as f64 / (truth.len() * K) as f64
+        .sum()
 }
 
 /// How our index stores vectors: `RECO_BENCH_PRECISION` (f32, f16, bf16, i8), else the index's default.
@@ -174,35 +225,35 @@ fn build_ours(base: &[Vec<f32>], rt: &tokio::runtime::Runtime) -> (f64, HnswInde
     (started.elapsed().as_secs_f64(), index)
 }
 
-/// One pass of our index over the queries at `ef`, one query at a time through the VectorIndex trait.
+/// One pass of our index over `queries[range]` at `ef`, one query at a time through the VectorIndex trait.
 fn pass_ours(
     index: &HnswIndex,
     queries: &[Embedding],
     truth: &[Vec<u32>],
     ef: usize,
+    range: std::ops::Range<usize>,
     rt: &tokio::runtime::Runtime,
-) -> Point {
+) -> SlicePass {
     index.set_ef_search(ef);
     let none = ItemFilter::default();
-    let mut h = Histogram::<u64>::new(3).unwrap();
+    let mut latencies_us = Vec::with_capacity(range.len());
     let started = Instant::now();
-    let found: Vec<Vec<u32>> = queries
+    let found: Vec<Vec<u32>> = queries[range.clone()]
         .iter()
         .map(|q| {
             let t = Instant::now();
             let hits = rt.block_on(index.search(q, K, &none)).unwrap();
-            h.record(t.elapsed().as_nanos() as u64).unwrap();
+            latencies_us.push(t.elapsed().as_secs_f64() * 1e6);
             hits.iter()
                 .map(|h| h.item_id.as_str().parse().unwrap())
                 .collect()
         })
         .collect();
     let secs = started.elapsed().as_secs_f64();
-    Point {
-        ef,
-        recall: recall(truth, &found),
-        qps: queries.len() as f64 / secs,
-        p99_us: h.value_at_quantile(0.99) as f64 / 1000.0,
+    SlicePass {
+        secs,
+        hits: hits(&truth[range], &found),
+        latencies_us,
     }
 }
 
@@ -218,7 +269,7 @@ fn python() -> Option<PathBuf> {
 }
 
 /// faiss's IndexHNSWFlat over the same vectors, in a Python process (faiss_hnsw.py) that runs one pass over the
-/// queries at the ef it is sent.
+/// slice of the queries, at the ef, it is sent.
 struct Faiss {
     child: Child,
     stdin: ChildStdin,
@@ -318,15 +369,19 @@ impl Faiss {
         Some(faiss)
     }
 
-    fn pass(&mut self, ef: usize) -> Option<Point> {
-        writeln!(self.stdin, "{ef}").ok()?;
+    fn pass(&mut self, ef: usize, range: std::ops::Range<usize>) -> Option<SlicePass> {
+        writeln!(self.stdin, "{ef} {} {}", range.start, range.end).ok()?;
         self.stdin.flush().ok()?;
         let v = read_json(&mut self.stdout)?;
-        Some(Point {
-            ef,
-            recall: v["recall"].as_f64().unwrap(),
-            qps: v["qps"].as_f64().unwrap(),
-            p99_us: v["p99_us"].as_f64().unwrap(),
+        Some(SlicePass {
+            secs: v["secs"].as_f64().unwrap(),
+            hits: v["hits"].as_u64().unwrap() as usize,
+            latencies_us: v["lat_us"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap())
+                .collect(),
         })
     }
 }
@@ -350,16 +405,38 @@ fn read_json(out: &mut impl BufRead) -> Option<serde_json::Value> {
     }
 }
 
-/// QPS at exactly the target recall: interpolated between the two points around it (recall grows with ef), or
-/// the first point when the smallest ef already passes it. None when no ef reaches it.
-fn qps_at_target(points: &[Point]) -> Option<f64> {
+/// The ef at which a side reaches exactly the target recall, and its QPS there; None when no ef reaches it.
+///
+/// Recall at an ef is the same in every run, so that ef is interpolated from recall (between the two efs around
+/// the crossing; the first ef when it already passes). Speed is what this machine's noise moves, and time per query
+/// grows close to linearly with ef, so time per query is fitted by least squares over the efs around the crossing
+/// (up to three on each side, from ef = k up: a search never keeps fewer than k candidates) and read at that ef.
+/// One slow ef then moves the answer by a fraction of its error, not all of it.
+fn qps_at_target(points: &[Point]) -> Option<(f64, f64)> {
     let i = points.iter().position(|p| p.recall >= TARGET_RECALL)?;
-    if i == 0 {
-        return Some(points[0].qps);
+    let ef = if i == 0 {
+        points[0].ef as f64
+    } else {
+        let (a, b) = (&points[i - 1], &points[i]);
+        let t = (TARGET_RECALL - a.recall) / (b.recall - a.recall);
+        a.ef as f64 + t * (b.ef as f64 - a.ef as f64)
+    };
+    let near: Vec<(f64, f64)> = points[i.saturating_sub(3)..(i + 3).min(points.len())]
+        .iter()
+        .filter(|p| p.ef >= K)
+        .map(|p| (p.ef as f64, 1.0 / p.qps))
+        .collect();
+    if near.len() < 2 {
+        return Some((ef, points[i].qps));
     }
-    let (a, b) = (&points[i - 1], &points[i]);
-    let t = (TARGET_RECALL - a.recall) / (b.recall - a.recall);
-    Some(a.qps + t * (b.qps - a.qps))
+    let n = near.len() as f64;
+    let (mx, my) = (
+        near.iter().map(|p| p.0).sum::<f64>() / n,
+        near.iter().map(|p| p.1).sum::<f64>() / n,
+    );
+    let slope = near.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum::<f64>()
+        / near.iter().map(|p| (p.0 - mx).powi(2)).sum::<f64>();
+    Some((ef, 1.0 / (my + slope * (ef - mx))))
 }
 
 fn run(name: &str, base: Vec<Vec<f32>>, qs: Vec<Vec<f32>>, rt: &tokio::runtime::Runtime) {
@@ -375,31 +452,31 @@ fn run(name: &str, base: Vec<Vec<f32>>, qs: Vec<Vec<f32>>, rt: &tokio::runtime::
         .iter()
         .map(|q| Embedding::parse("q", q.clone()).unwrap())
         .collect();
-    // The two sides take turns at each ef, and the efs are swept PASSES times; each side's fastest pass at an ef
-    // counts. This machine's speed drifts over seconds to minutes: turns put both sides in the same seconds, and
-    // the sweeps put an ef's passes minutes apart, so one slow spell does not decide an ef.
-    let best = |a: Option<Point>, b: Point| match a {
-        Some(a) if a.qps >= b.qps => a,
-        _ => b,
-    };
-    let mut mine: Vec<Option<Point>> = EFS.iter().map(|_| None).collect();
-    let mut theirs: Vec<Option<Point>> = EFS.iter().map(|_| None).collect();
-    for _ in 0..PASSES {
+    // Turns slice by slice, SWEEPS sweeps over the efs (see the top of this file).
+    let slices: Vec<std::ops::Range<usize>> = (0..queries.len())
+        .step_by(SLICE)
+        .map(|s| s..(s + SLICE).min(queries.len()))
+        .collect();
+    let mut mine: Vec<Tally> = EFS.iter().map(|&ef| Tally::new(ef, slices.len())).collect();
+    let mut theirs: Vec<Tally> = EFS.iter().map(|&ef| Tally::new(ef, slices.len())).collect();
+    for _ in 0..SWEEPS {
         for (i, &ef) in EFS.iter().enumerate() {
-            mine[i] = Some(best(
-                mine[i].take(),
-                pass_ours(&index, &queries, &truth, ef, rt),
-            ));
-            if let Some(f) = faiss.as_mut() {
-                match f.pass(ef) {
-                    Some(p) => theirs[i] = Some(best(theirs[i].take(), p)),
-                    None => faiss = None,
+            for (s, range) in slices.iter().enumerate() {
+                mine[i].add(
+                    s,
+                    pass_ours(&index, &queries, &truth, ef, range.clone(), rt),
+                );
+                if let Some(f) = faiss.as_mut() {
+                    match f.pass(ef, range.clone()) {
+                        Some(p) => theirs[i].add(s, p),
+                        None => faiss = None,
+                    }
                 }
             }
         }
     }
-    let mine: Vec<Point> = mine.into_iter().flatten().collect();
-    let theirs: Vec<Point> = theirs.into_iter().flatten().collect();
+    let mine: Vec<Point> = mine.iter().map(|t| t.point(queries.len())).collect();
+    let theirs: Vec<Point> = theirs.iter().map(|t| t.point(queries.len())).collect();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
         "  reco hnsw (usearch, vectors stored as {:?}, sealed): built in {build:.1} s ({cores} threads)",
@@ -425,9 +502,9 @@ fn run(name: &str, base: Vec<Vec<f32>>, qs: Vec<Vec<f32>>, rt: &tokio::runtime::
         qps_at_target(&mine),
         theirs.as_ref().and_then(|(_, t)| qps_at_target(t)),
     ) {
-        (Some(a), Some(b)) => println!(
-            "  QPS/core at recall@100 = {TARGET_RECALL} (interpolated between efs): reco {a:.0}, faiss {b:.0}: \
-             ratio {:.2}",
+        (Some((ef_a, a)), Some((ef_b, b))) => println!(
+            "  QPS/core at recall@100 = {TARGET_RECALL} (reco at ef {ef_a:.0}, faiss at ef {ef_b:.0}; time per query \
+             fitted over the efs around): reco {a:.0}, faiss {b:.0}: ratio {:.2}",
             a / b
         ),
         (a, b) => println!(
