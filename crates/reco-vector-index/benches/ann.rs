@@ -4,15 +4,15 @@
 //! Two data sets: the 64-dimensional item embeddings the platform trains from MovieLens ml-latest-small (queries:
 //! the users' embeddings), and 200,000 synthetic clustered 64-d vectors (5,000 overlapping Gaussian clusters;
 //! queries drawn the same way). For each ef_search: recall@100 against exact search, queries per second on one
-//! core (one query at a time, through the VectorIndex trait as the service calls it) and p99 latency. Then each side's QPS at recall
-//! exactly 0.95 ([`qps_at_target`]), and ours as a ratio to faiss's. Our graph is sealed first
+//! core (one query at a time, through the VectorIndex trait as the service calls it) and p99 latency. Then each
+//! side's QPS at recall exactly 0.95 ([`qps_at_target`]), and ours as a ratio to faiss's. Our graph is sealed first
 //! (`promote`), as the service seals a bulk load when it starts serving it.
 //!
-//! How speed is measured on a shared machine whose speed swings by 2x within seconds: the queries are cut into
-//! slices of [`SLICE`], and the two sides take turns slice by slice (ours, then faiss's, on the same queries); the
-//! efs are swept [`SWEEPS`] times. A side's time at an ef is the sum over slices of its fastest pass over each
-//! slice: a slow spell spoils a few tens of milliseconds of one sweep, not an ef. Latency percentiles count every
-//! query of every sweep.
+//! How speed is measured on a shared machine whose speed swings by 2x within seconds: both sides search on the same
+//! core (the first the process may use); the queries are cut into slices of [`SLICE`], and the two sides take
+//! turns slice by slice (ours, then faiss's, on the same queries); the efs are swept [`SWEEPS`] times. A side's
+//! time at an ef is the sum over slices of its fastest pass over each slice: a slow spell spoils a few tens of
+//! milliseconds of one sweep, not an ef. Latency percentiles count every query of every sweep.
 //!
 //! Run: `cargo bench -p reco-vector-index --bench ann`. faiss comes from PyPI (`faiss-cpu`, `numpy`): the bench
 //! uses `.tools/venv/bin/python` (scripts/test.sh makes it) or `RECO_PYTHON`, and installs the two packages into
@@ -280,7 +280,12 @@ struct Faiss {
 }
 
 impl Faiss {
-    fn start(base: &[Vec<f32>], qs: &[Vec<f32>], truth: &[Vec<u32>]) -> Option<Self> {
+    fn start(
+        base: &[Vec<f32>],
+        qs: &[Vec<f32>],
+        truth: &[Vec<u32>],
+        search_cpu: usize,
+    ) -> Option<Self> {
         let Some(py) = python() else {
             eprintln!(
                 "NOT RUN: faiss comparison (no .tools/venv; scripts/test.sh makes it, or set RECO_PYTHON)"
@@ -350,6 +355,7 @@ impl Faiss {
                 &K.to_string(),
                 &M.to_string(),
                 &EF_CONSTRUCTION.to_string(),
+                &search_cpu.to_string(),
             ])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -447,7 +453,28 @@ fn run(name: &str, base: Vec<Vec<f32>>, qs: Vec<Vec<f32>>, rt: &tokio::runtime::
     );
     let truth: Vec<Vec<u32>> = qs.iter().map(|q| exact(&base, q)).collect();
     let (build, index) = build_ours(&base, rt);
-    let mut faiss = Faiss::start(&base, &qs, &truth);
+    // Whether the sealed graph got the 2 MB pages it asked for: the kernel may not have them to give, and a walk
+    // over 4 KB pages is slower (see HnswIndex::seal).
+    let huge_mb = std::fs::read_to_string("/proc/self/smaps_rollup")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("AnonHugePages:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb / 1024);
+    // The core both sides search on: the first this process may use. The two cores of a virtual machine are not
+    // equally fast at a given moment (what else their physical cores run differs), and the scheduler may put the two
+    // processes on different ones.
+    let all = rustix::thread::sched_getaffinity(None).expect("this thread's cores");
+    let search_cpu = (0..rustix::thread::CpuSet::MAX_CPU)
+        .find(|&c| all.is_set(c))
+        .expect("some core");
+    let mut faiss = Faiss::start(&base, &qs, &truth, search_cpu);
+    // Builds use every core; searches, ours and faiss's, run on the same one (faiss_hnsw.py pins itself too).
+    let mut one = rustix::thread::CpuSet::new();
+    one.set(search_cpu);
+    rustix::thread::sched_setaffinity(None, &one).expect("pin the searching thread");
     let queries: Vec<Embedding> = qs
         .iter()
         .map(|q| Embedding::parse("q", q.clone()).unwrap())
@@ -475,11 +502,14 @@ fn run(name: &str, base: Vec<Vec<f32>>, qs: Vec<Vec<f32>>, rt: &tokio::runtime::
             }
         }
     }
+    // The next build's threads inherit this thread's cores.
+    rustix::thread::sched_setaffinity(None, &all).expect("unpin");
     let mine: Vec<Point> = mine.iter().map(|t| t.point(queries.len())).collect();
     let theirs: Vec<Point> = theirs.iter().map(|t| t.point(queries.len())).collect();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
-        "  reco hnsw (usearch, vectors stored as {:?}, sealed): built in {build:.1} s ({cores} threads)",
+        "  reco hnsw (usearch, vectors stored as {:?}, sealed; {huge_mb} MB of this process on 2 MB pages): built in \
+         {build:.1} s ({cores} threads)",
         precision()
     );
     for p in &mine {

@@ -2,12 +2,12 @@
 """Builds faiss IndexHNSWFlat on the same vectors with the same parameters, prints the build time, then for each
 line read from stdin runs one pass over a slice of the queries at the efSearch it names, on one thread, one query
 per call, and prints one JSON line."""
-import json, sys, time
+import json, os, sys, time
 import numpy as np
 import faiss
 
-base_path, query_path, truth_path, dim, k, m, efc = sys.argv[1:8]
-dim, k, m, efc = int(dim), int(k), int(m), int(efc)
+base_path, query_path, truth_path, dim, k, m, efc, cpu = sys.argv[1:9]
+dim, k, m, efc, cpu = int(dim), int(k), int(m), int(efc), int(cpu)
 base = np.fromfile(base_path, dtype="<f4").reshape(-1, dim)
 queries = np.fromfile(query_path, dtype="<f4").reshape(-1, dim)
 truth = np.fromfile(truth_path, dtype="<u4").reshape(-1, k)
@@ -17,6 +17,7 @@ t = time.perf_counter()
 index.add(base)  # on every core, as ours
 build = time.perf_counter() - t
 faiss.omp_set_num_threads(1)  # searches: one core, one query per call
+os.sched_setaffinity(0, {cpu})  # the core ann.rs searches on
 
 
 print(json.dumps({"build_s": build}), flush=True)
