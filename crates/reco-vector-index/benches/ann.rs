@@ -268,8 +268,8 @@ fn python() -> Option<PathBuf> {
     venv.exists().then_some(venv)
 }
 
-/// faiss's IndexHNSWFlat over the same vectors, in a Python process (faiss_hnsw.py) that runs one pass over the
-/// slice of the queries, at the ef, it is sent.
+/// faiss's IndexHNSWFlat over the same vectors, in a Python process (faiss_hnsw.py) that runs one pass over each
+/// slice of the queries it is sent, at the ef sent with it.
 struct Faiss {
     child: Child,
     stdin: ChildStdin,
