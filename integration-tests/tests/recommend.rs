@@ -319,6 +319,34 @@ async fn ranking_down_degrades_to_recall_order_and_says_so() {
     assert!(rank.detail.contains("recall order"), "{}", rank.detail);
     assert!(r.model_version.is_empty());
 
+    // A degraded answer is not cached, but its items were shown: their impressions are recorded after the answer.
+    let mut cache = reco_proto::cache::v1::cache_service_client::CacheServiceClient::new(
+        reco_server::channel(&a.cache.to_string()).unwrap(),
+    );
+    let shown: Vec<String> = r.items.iter().map(|i| i.item_id.clone()).collect();
+    let mut capped = Vec::new();
+    for _ in 0..100 {
+        capped = cache
+            .filter_capped(reco_proto::cache::v1::FilterCappedRequest {
+                user_id: t.known_user.clone(),
+                item_ids: shown.clone(),
+                cap: 1,
+                window_ms: 3_600_000,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .capped_item_ids;
+        if capped.len() == shown.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        capped, shown,
+        "every item of the degraded answer was recorded as shown"
+    );
+
     let _ = stop.send(());
     server.await.unwrap().unwrap();
     t.platform.shutdown().await.unwrap();

@@ -320,15 +320,44 @@ async fn the_cache_writes_many_answers_in_one_call_or_none_when_one_is_bad() {
         user_id: user.into(),
         scene: String::new(),
     };
+    let impressions = |user: &str, item: &str| cache::RecordImpressionsRequest {
+        user_id: user.into(),
+        item_ids: vec![item.into()],
+        timestamp_ms: 0,
+    };
+    let capped = |user: &str, item: &str| cache::FilterCappedRequest {
+        user_id: user.into(),
+        item_ids: vec![item.into()],
+        cap: 1,
+        window_ms: 3_600_000,
+    };
     let written = c
         .put_recommendations_batch(cache::PutRecommendationsBatchRequest {
             puts: vec![put("batch-a", "i1"), put("batch-b", "i2")],
+            // A degraded answer's impressions, recorded without a cached result.
+            impressions: vec![impressions("batch-d", "i5")],
         })
         .await
         .unwrap()
-        .into_inner()
-        .written;
-    assert_eq!(written, 2);
+        .into_inner();
+    assert_eq!((written.written, written.recorded), (2, 1));
+    // The puts' impressions and the impressions alone both count towards the frequency cap.
+    for (user, item) in [("batch-a", "i1"), ("batch-d", "i5")] {
+        let r = c
+            .filter_capped(capped(user, item))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.capped_item_ids, [item], "{user}'s impression of {item}");
+    }
+    assert!(
+        !c.get_recommendations(get("batch-d"))
+            .await
+            .unwrap()
+            .into_inner()
+            .found,
+        "impressions alone cache no result"
+    );
     for (user, item) in [("batch-a", "i1"), ("batch-b", "i2")] {
         let r = c.get_recommendations(get(user)).await.unwrap().into_inner();
         assert!(r.found);
@@ -338,9 +367,18 @@ async fn the_cache_writes_many_answers_in_one_call_or_none_when_one_is_bad() {
     assert_invalid(
         c.put_recommendations_batch(cache::PutRecommendationsBatchRequest {
             puts: vec![put("batch-c", "i3"), put("", "i4")],
+            impressions: vec![],
         })
         .await,
         "puts[1].user_id",
+    );
+    assert_invalid(
+        c.put_recommendations_batch(cache::PutRecommendationsBatchRequest {
+            puts: vec![put("batch-c", "i3")],
+            impressions: vec![impressions("batch-e", "")],
+        })
+        .await,
+        "impressions[0].item_ids[0]",
     );
     assert!(
         !c.get_recommendations(get("batch-c"))
@@ -350,7 +388,7 @@ async fn the_cache_writes_many_answers_in_one_call_or_none_when_one_is_bad() {
             .found
     );
     assert_invalid(
-        c.put_recommendations_batch(cache::PutRecommendationsBatchRequest { puts: vec![] })
+        c.put_recommendations_batch(cache::PutRecommendationsBatchRequest::default())
             .await,
         "puts",
     );

@@ -87,6 +87,35 @@ impl Put {
     }
 }
 
+/// A RecordImpressions request, validated.
+struct Impressions {
+    user: UserId,
+    items: Vec<ItemId>,
+    at_ms: i64,
+}
+
+impl Impressions {
+    fn parse(r: pb::RecordImpressionsRequest) -> Result<Self, ValidationError> {
+        let pb::RecordImpressionsRequest {
+            user_id,
+            item_ids,
+            timestamp_ms,
+        } = r;
+        let user = user(&user_id)?;
+        check_batch("item_ids", item_ids.len())?;
+        let items = each("item_ids", item_ids, |s| ItemId::parse("", s))?;
+        if timestamp_ms < 0 {
+            return Err(ValidationError::new("timestamp_ms", "must not be negative"));
+        }
+        let at_ms = if timestamp_ms == 0 {
+            reco_types::now_ms()
+        } else {
+            timestamp_ms
+        };
+        Ok(Self { user, items, at_ms })
+    }
+}
+
 impl CacheApi {
     async fn get_recommendations(
         &self,
@@ -117,12 +146,30 @@ impl CacheApi {
         &self,
         r: pb::PutRecommendationsBatchRequest,
     ) -> Result<pb::PutRecommendationsBatchResponse, Error> {
-        check_batch("puts", r.puts.len())?;
+        // Either list may be empty (every answer of a batch degraded, or none), not both.
+        if r.puts.is_empty() && r.impressions.is_empty() {
+            return Err(ValidationError::new("puts", "and impressions are both empty").into());
+        }
+        for (field, n) in [("puts", r.puts.len()), ("impressions", r.impressions.len())] {
+            if n > 0 {
+                check_batch(field, n)?;
+            }
+        }
         let puts = each("puts", r.puts, Put::parse)?;
-        let written = puts.len() as u32;
+        let impressions = each("impressions", r.impressions, Impressions::parse)?;
+        let (written, recorded) = (puts.len() as u32, impressions.len() as u32);
         // At once: against Redis the writes share the connection's pipeline.
-        futures::future::try_join_all(puts.into_iter().map(|p| self.put(p))).await?;
-        Ok(pb::PutRecommendationsBatchResponse { written })
+        let (put, record) = tokio::join!(
+            futures::future::try_join_all(puts.into_iter().map(|p| self.put(p))),
+            futures::future::try_join_all(
+                impressions
+                    .iter()
+                    .map(|i| self.store.record_impressions(&i.user, &i.items, i.at_ms))
+            ),
+        );
+        put?;
+        record?;
+        Ok(pb::PutRecommendationsBatchResponse { written, recorded })
     }
 
     async fn put(&self, p: Put) -> Result<(), Error> {
@@ -225,23 +272,10 @@ impl CacheApi {
         &self,
         r: pb::RecordImpressionsRequest,
     ) -> Result<pb::RecordImpressionsResponse, Error> {
-        let pb::RecordImpressionsRequest {
-            user_id,
-            item_ids,
-            timestamp_ms,
-        } = r;
-        let u = user(&user_id)?;
-        check_batch("item_ids", item_ids.len())?;
-        let items = each("item_ids", item_ids, |s| ItemId::parse("", s))?;
-        if timestamp_ms < 0 {
-            return Err(ValidationError::new("timestamp_ms", "must not be negative").into());
-        }
-        let at = if timestamp_ms == 0 {
-            reco_types::now_ms()
-        } else {
-            timestamp_ms
-        };
-        self.store.record_impressions(&u, &items, at).await?;
+        let i = Impressions::parse(r)?;
+        self.store
+            .record_impressions(&i.user, &i.items, i.at_ms)
+            .await?;
         Ok(pb::RecordImpressionsResponse {})
     }
 

@@ -172,9 +172,9 @@ pub struct Pipeline {
     sources: Vec<Box<dyn RecallSource>>,
     /// The after-answer writes in flight, so a shutdown can wait for them instead of losing impressions.
     background: tokio_util::task::TaskTracker,
-    /// The result-cache writes after answers, queued for one writer task that sends them in batches (started on
-    /// the first answer, tracked by `background`).
-    results: std::sync::OnceLock<mpsc::Sender<PutRecommendationsRequest>>,
+    /// The writes after answers (results to cache, impressions), queued for one writer task that sends them in
+    /// batches (started on the first answer, tracked by `background`).
+    results: std::sync::OnceLock<mpsc::Sender<AfterAnswer>>,
     /// Tells the writer to send what is queued and stop.
     results_closing: Arc<tokio::sync::Notify>,
     /// Items (features, categories, embedding) of the active feature set, kept for `item_cache_ttl`: item
@@ -1070,44 +1070,35 @@ impl Pipeline {
                 })
             })
             .collect();
-        if !answer.degraded {
-            // The cache service records the impressions with the result. A degraded answer is not cached, so
-            // the next call gets a chance at a full one.
-            let put = PutRecommendationsRequest {
+        let write = if answer.degraded {
+            // A degraded answer is not cached, so the next call gets a chance at a full one; its items were shown
+            // all the same. Queued with the results, not a call of its own: under overload most answers are
+            // degraded, and a call each would add to the load that degraded them.
+            AfterAnswer::Impressions(RecordImpressionsRequest {
+                user_id,
+                item_ids: items.into_iter().map(|c| c.item_id).collect(),
+                timestamp_ms: 0,
+            })
+        } else {
+            // The cache service records the impressions with the result.
+            AfterAnswer::Result(PutRecommendationsRequest {
                 user_id,
                 scene,
                 items,
                 ttl_ms: self.cfg.result_ttl.as_millis() as u64,
                 record_impressions: true,
-            };
-            match self.result_writer().try_send(put) {
-                Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    warn!(
-                        "{RESULT_QUEUE} result-cache writes are queued: this answer is not cached"
-                    )
-                }
-            }
-            return;
+            })
+        };
+        match self.result_writer().try_send(write) {
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => warn!(
+                "{RESULT_QUEUE} after-answer writes are queued: this answer is neither cached nor its impressions recorded"
+            ),
         }
-        let mut cache = self.rpc.cache.clone();
-        self.background.spawn(async move {
-            let imp = RecordImpressionsRequest {
-                user_id,
-                item_ids: items.into_iter().map(|c| c.item_id).collect(),
-                timestamp_ms: 0,
-            };
-            if let Err(error) = cache
-                .record_impressions(request(imp, AFTER_ANSWER_TIMEOUT))
-                .await
-            {
-                warn!(%error, "impression write failed");
-            }
-        });
     }
 
-    /// The queue of result-cache writes, and its writer, started on first use.
-    fn result_writer(&self) -> &mpsc::Sender<PutRecommendationsRequest> {
+    /// The queue of after-answer writes, and its writer, started on first use.
+    fn result_writer(&self) -> &mpsc::Sender<AfterAnswer> {
         self.results.get_or_init(|| {
             let (tx, rx) = mpsc::channel(RESULT_QUEUE);
             self.background.spawn(write_results_to(
@@ -1120,27 +1111,35 @@ impl Pipeline {
     }
 }
 
-/// Most result-cache writes waiting for the writer; past it an answer is not cached (and a warning says so).
+/// A write after an answer, off the response path.
+#[derive(Debug)]
+enum AfterAnswer {
+    /// The answer, to cache; its impressions are recorded with it.
+    Result(PutRecommendationsRequest),
+    /// The impressions of an answer that is not cached (a degraded one).
+    Impressions(RecordImpressionsRequest),
+}
+
+/// Most after-answer writes waiting for the writer; past it an answer is neither cached nor its impressions
+/// recorded (and a warning says so).
 const RESULT_QUEUE: usize = 4_096;
 /// Most writes in one PutRecommendationsBatch.
 const RESULT_BATCH: usize = 256;
 /// How long the writer waits for more writes to send with the first one. The result cache and the impressions
 /// are read by later requests, seconds to minutes apart, so a few ms of delay cost nothing.
 const RESULT_LINGER: Duration = Duration::from_millis(5);
-/// How long an after-answer write may take.
-const AFTER_ANSWER_TIMEOUT: Duration = Duration::from_millis(100);
 /// How long a batch of result writes may take: up to [`RESULT_BATCH`] writes, each a result and its impressions.
 /// Only the writer waits for it (the queue holds what arrives meanwhile), never a request.
 const RESULT_BATCH_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Sends the queued result-cache writes one call at a time. A call takes every write queued so far and those
+/// Sends the queued after-answer writes one call at a time. A call takes every write queued so far and those
 /// that arrive within [`RESULT_LINGER`] of the first (up to [`RESULT_BATCH`]): at 1,000 answers a second that is
 /// ~5 writes a call instead of one each, and under heavier load the queue also fills while a call is in flight.
 /// When `closing` is notified it sends what is queued and returns.
-async fn write_results<F>(
-    mut queue: mpsc::Receiver<PutRecommendationsRequest>,
+async fn write_results<T, F>(
+    mut queue: mpsc::Receiver<T>,
     closing: Arc<tokio::sync::Notify>,
-    mut send: impl FnMut(Vec<PutRecommendationsRequest>) -> F,
+    mut send: impl FnMut(Vec<T>) -> F,
 ) where
     F: std::future::Future<Output = ()>,
 {
@@ -1169,14 +1168,20 @@ async fn write_results<F>(
 /// [`write_results`] through the cache service's PutRecommendationsBatch.
 async fn write_results_to(
     cache: CacheServiceClient<TracedChannel>,
-    queue: mpsc::Receiver<PutRecommendationsRequest>,
+    queue: mpsc::Receiver<AfterAnswer>,
     closing: Arc<tokio::sync::Notify>,
 ) {
-    write_results(queue, closing, |puts| {
+    write_results(queue, closing, |writes| {
         let mut cache = cache.clone();
         async move {
-            let n = puts.len();
-            let msg = PutRecommendationsBatchRequest { puts };
+            let n = writes.len();
+            let mut msg = PutRecommendationsBatchRequest::default();
+            for w in writes {
+                match w {
+                    AfterAnswer::Result(put) => msg.puts.push(put),
+                    AfterAnswer::Impressions(imp) => msg.impressions.push(imp),
+                }
+            }
             if let Err(error) = cache
                 .put_recommendations_batch(request(msg, RESULT_BATCH_TIMEOUT))
                 .await
