@@ -1058,33 +1058,31 @@ impl Pipeline {
             return;
         }
         let user_id = q.user_id.to_string();
-        let scene = q.scene.to_string();
-        let items: Vec<_> = answer
-            .items
-            .iter()
-            .map(|i| {
-                reco_proto::common::v1::Candidate::from(Candidate {
-                    item_id: i.item_id.clone(),
-                    score: i.score,
-                    sources: i.sources.clone(),
-                })
-            })
-            .collect();
         let write = if answer.degraded {
             // A degraded answer is not cached, so the next call gets a chance at a full one; its items were shown
             // all the same. Queued with the results, not a call of its own: under overload most answers are
             // degraded, and a call each would add to the load that degraded them.
             AfterAnswer::Impressions(RecordImpressionsRequest {
                 user_id,
-                item_ids: items.into_iter().map(|c| c.item_id).collect(),
+                item_ids: answer.items.iter().map(|i| i.item_id.to_string()).collect(),
                 timestamp_ms: 0,
             })
         } else {
             // The cache service records the impressions with the result.
             AfterAnswer::Result(PutRecommendationsRequest {
                 user_id,
-                scene,
-                items,
+                scene: q.scene.to_string(),
+                items: answer
+                    .items
+                    .iter()
+                    .map(|i| {
+                        reco_proto::common::v1::Candidate::from(Candidate {
+                            item_id: i.item_id.clone(),
+                            score: i.score,
+                            sources: i.sources.clone(),
+                        })
+                    })
+                    .collect(),
                 ttl_ms: self.cfg.result_ttl.as_millis() as u64,
                 record_impressions: true,
             })
