@@ -43,23 +43,7 @@ pub enum CacheStoreError {
 
 pub type Result<T, E = CacheStoreError> = std::result::Result<T, E>;
 
-/// A cached recommendation list.
-#[derive(Clone, Debug, PartialEq)]
-pub struct CachedResult {
-    pub items: Vec<Candidate>,
-    pub created_at_ms: i64,
-    pub ttl_remaining: Duration,
-}
-
-/// The answer of a rate-limit check.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RateDecision {
-    pub allowed: bool,
-    /// Calls of cost 1 still allowed right now.
-    pub remaining: u32,
-    /// When refused, how long until this call would be allowed.
-    pub retry_after: Duration,
-}
+pub use reco_types::{CachedResult, RateDecision};
 
 /// A cached session.
 #[derive(Clone, Debug, PartialEq, Eq)]

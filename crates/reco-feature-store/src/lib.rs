@@ -21,6 +21,8 @@ pub mod suite;
 use async_trait::async_trait;
 use reco_types::{Candidate, Event, FeatureVersion, Item, ItemId, User, UserId};
 
+pub use reco_types::UserContext;
+
 pub use cached::CachedFeatureStore;
 pub use dynamo::{DynamoConfig, DynamoFeatureStore};
 pub use memory::MemoryFeatureStore;
@@ -67,37 +69,6 @@ pub enum FeatureStoreError {
 }
 
 pub type Result<T, E = FeatureStoreError> = std::result::Result<T, E>;
-
-/// Everything the gateway's user-context stage needs, read in one call.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct UserContext {
-    /// None when the store has no features for the user.
-    pub user: Option<User>,
-    /// Best first.
-    pub recall_pool: Vec<Candidate>,
-    /// Most recent first.
-    pub recent_events: Vec<Event>,
-    /// The version read.
-    pub version: Option<FeatureVersion>,
-}
-
-impl UserContext {
-    /// Whether anything at all is known of the user.
-    /// Keeps at most `max_pool` candidates and the `max_events` most recent events; 0 keeps all of either.
-    pub fn limited(mut self, max_events: usize, max_pool: usize) -> Self {
-        if max_pool > 0 {
-            self.recall_pool.truncate(max_pool);
-        }
-        if max_events > 0 {
-            self.recent_events.truncate(max_events);
-        }
-        self
-    }
-
-    pub fn found(&self) -> bool {
-        self.user.is_some() || !self.recall_pool.is_empty() || !self.recent_events.is_empty()
-    }
-}
 
 /// Which version a call reads or writes: `None` is the active one.
 pub type VersionSel<'a> = Option<&'a FeatureVersion>;

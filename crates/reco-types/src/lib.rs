@@ -5,6 +5,7 @@
 //! empty, an embedding never holds NaN. Errors say which field was wrong and why ([`ValidationError`]), which the
 //! services turn into `INVALID_ARGUMENT` with that message.
 
+mod answers;
 mod error;
 mod features;
 mod ids;
@@ -12,6 +13,7 @@ mod items;
 mod limits;
 mod stage;
 
+pub use answers::{CachedResult, RateDecision, UserContext};
 pub use error::{ValidationError, each};
 pub use features::{Embedding, FeatureValue, Features, dot};
 pub use ids::{FeatureVersion, ItemId, Name, Scene, UserId, check_id};

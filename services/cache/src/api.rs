@@ -2,7 +2,14 @@
 
 use std::{sync::Arc, time::Duration};
 
-use reco_cache_store::{CacheStore, DEFAULT_RESULT_TTL, DEFAULT_SESSION_TTL, MAX_SESSION_BYTES};
+use async_trait::async_trait;
+use reco_cache_store::{
+    CacheStore, CachedResult, DEFAULT_RESULT_TTL, DEFAULT_SESSION_TTL, MAX_SESSION_BYTES,
+    RateDecision,
+};
+use reco_client::{
+    BeginQuery, Begun, CapQuery, ImpressionWrite, RateLimit, Readiness, ResultWrite, Writes,
+};
 use reco_proto::{
     cache::v1::{self as pb, cache_service_server::CacheService},
     conversions::{candidates, each},
@@ -46,73 +53,109 @@ fn millis(field: &str, ms: u64, default: Duration) -> Result<Duration, Validatio
     Ok(d)
 }
 
-/// Puts a part's validation error under its field in the enclosing request.
-fn within(e: Error, parent: &str) -> Error {
-    match e {
-        Error::Invalid(v) => Error::Invalid(v.within(parent)),
-        other => other,
-    }
-}
-
 /// A session id or rate-limit key: an opaque string with the id rules.
 fn key(field: &str, s: &str) -> Result<String, ValidationError> {
     check_id(field, s, MAX_ID_BYTES).map(|()| s.to_string())
 }
 
 /// A PutRecommendations request, checked.
-struct Put {
-    user: UserId,
-    scene: Scene,
-    items: Vec<reco_types::Candidate>,
-    ttl: Duration,
-    record_impressions: bool,
-}
-
-impl Put {
-    fn parse(r: pb::PutRecommendationsRequest) -> Result<Self, ValidationError> {
-        let pb::PutRecommendationsRequest {
-            user_id,
-            scene,
-            items,
-            ttl_ms,
-            record_impressions,
-        } = r;
-        Ok(Self {
-            user: user(&user_id)?,
-            scene: Scene::parse("scene", &scene)?,
-            items: candidates("items", items)?,
-            ttl: millis("ttl_ms", ttl_ms, DEFAULT_RESULT_TTL)?,
-            record_impressions,
-        })
-    }
+fn result_write(r: pb::PutRecommendationsRequest) -> Result<ResultWrite, ValidationError> {
+    let pb::PutRecommendationsRequest {
+        user_id,
+        scene,
+        items,
+        ttl_ms,
+        record_impressions,
+    } = r;
+    Ok(ResultWrite {
+        user_id: user(&user_id)?,
+        scene: Scene::parse("scene", &scene)?,
+        items: candidates("items", items)?,
+        ttl: millis("ttl_ms", ttl_ms, DEFAULT_RESULT_TTL)?,
+        record_impressions,
+    })
 }
 
 /// A RecordImpressions request, validated.
-struct Impressions {
-    user: UserId,
-    items: Vec<ItemId>,
-    at_ms: i64,
+fn impression_write(r: pb::RecordImpressionsRequest) -> Result<ImpressionWrite, ValidationError> {
+    let pb::RecordImpressionsRequest {
+        user_id,
+        item_ids,
+        timestamp_ms,
+    } = r;
+    let user_id = user(&user_id)?;
+    check_batch("item_ids", item_ids.len())?;
+    let item_ids = each("item_ids", item_ids, |s| ItemId::parse("", s))?;
+    if timestamp_ms < 0 {
+        return Err(ValidationError::new("timestamp_ms", "must not be negative"));
+    }
+    Ok(ImpressionWrite {
+        user_id,
+        item_ids,
+        at_ms: timestamp_ms,
+    })
 }
 
-impl Impressions {
-    fn parse(r: pb::RecordImpressionsRequest) -> Result<Self, ValidationError> {
-        let pb::RecordImpressionsRequest {
-            user_id,
-            item_ids,
-            timestamp_ms,
-        } = r;
-        let user = user(&user_id)?;
-        check_batch("item_ids", item_ids.len())?;
-        let items = each("item_ids", item_ids, |s| ItemId::parse("", s))?;
-        if timestamp_ms < 0 {
-            return Err(ValidationError::new("timestamp_ms", "must not be negative"));
-        }
-        let at_ms = if timestamp_ms == 0 {
-            reco_types::now_ms()
-        } else {
-            timestamp_ms
-        };
-        Ok(Self { user, items, at_ms })
+/// A CheckRateLimit request: the key checked; the numbers are checked by [`checked_rate`].
+fn rate_limit(r: pb::CheckRateLimitRequest) -> Result<RateLimit, ValidationError> {
+    let pb::CheckRateLimitRequest {
+        key: k,
+        limit,
+        window_ms,
+        cost,
+    } = r;
+    let key = key("key", &k)?;
+    if window_ms == 0 {
+        return Err(ValidationError::new("window_ms", "must be at least 1"));
+    }
+    Ok(RateLimit {
+        key,
+        limit,
+        window: Duration::from_millis(window_ms),
+        cost,
+    })
+}
+
+/// A rate check whose limit, window and cost are within bounds (a cost of 0 is 1).
+fn checked_rate(r: RateLimit) -> Result<RateLimit, ValidationError> {
+    let limit = count("limit", r.limit, 0, 1, 1_000_000)?;
+    if r.window.is_zero() {
+        return Err(ValidationError::new("window_ms", "must be at least 1"));
+    }
+    let window = millis("window_ms", r.window.as_millis() as u64, Duration::ZERO)?;
+    let cost = count("cost", r.cost, 1, 1, limit)?;
+    Ok(RateLimit {
+        key: r.key,
+        limit,
+        window,
+        cost,
+    })
+}
+
+/// An answer to cache, checked whichever way it came (a zero TTL is the default one).
+fn checked_result(w: ResultWrite) -> Result<ResultWrite, ValidationError> {
+    reco_types::check_candidates("items", w.items.len())?;
+    let ttl = millis("ttl_ms", w.ttl.as_millis() as u64, DEFAULT_RESULT_TTL)?;
+    Ok(ResultWrite { ttl, ..w })
+}
+
+fn result_response(hit: Option<CachedResult>) -> pb::GetRecommendationsResponse {
+    match hit {
+        Some(hit) => pb::GetRecommendationsResponse {
+            found: true,
+            items: hit.items.into_iter().map(Into::into).collect(),
+            created_at_ms: hit.created_at_ms,
+            ttl_remaining_ms: hit.ttl_remaining.as_millis() as u64,
+        },
+        None => pb::GetRecommendationsResponse::default(),
+    }
+}
+
+fn rate_response(d: RateDecision) -> pb::CheckRateLimitResponse {
+    pb::CheckRateLimitResponse {
+        allowed: d.allowed,
+        remaining: d.remaining,
+        retry_after_ms: d.retry_after.as_millis().try_into().unwrap_or(u64::MAX),
     }
 }
 
@@ -123,22 +166,14 @@ impl CacheApi {
     ) -> Result<pb::GetRecommendationsResponse, Error> {
         let pb::GetRecommendationsRequest { user_id, scene } = r;
         let (u, s) = (user(&user_id)?, Scene::parse("scene", &scene)?);
-        Ok(match self.store.get_result(&u, &s).await? {
-            Some(hit) => pb::GetRecommendationsResponse {
-                found: true,
-                items: hit.items.into_iter().map(Into::into).collect(),
-                created_at_ms: hit.created_at_ms,
-                ttl_remaining_ms: hit.ttl_remaining.as_millis() as u64,
-            },
-            None => pb::GetRecommendationsResponse::default(),
-        })
+        Ok(result_response(self.store.get_result(&u, &s).await?))
     }
 
     async fn put_recommendations(
         &self,
         r: pb::PutRecommendationsRequest,
     ) -> Result<pb::PutRecommendationsResponse, Error> {
-        self.put(Put::parse(r)?).await?;
+        self.put(result_write(r)?).await?;
         Ok(pb::PutRecommendationsResponse {})
     }
 
@@ -146,35 +181,47 @@ impl CacheApi {
         &self,
         r: pb::PutRecommendationsBatchRequest,
     ) -> Result<pb::PutRecommendationsBatchResponse, Error> {
-        // Either list may be empty (every answer of a batch degraded, or none), not both.
-        if r.puts.is_empty() && r.impressions.is_empty() {
+        let (written, recorded) = (r.puts.len() as u32, r.impressions.len() as u32);
+        let writes = Writes {
+            results: each("puts", r.puts, result_write)?,
+            impressions: each("impressions", r.impressions, impression_write)?,
+        };
+        self.write(writes).await?;
+        Ok(pb::PutRecommendationsBatchResponse { written, recorded })
+    }
+
+    /// Answers to cache and impressions to record, all at once (against Redis they share the connection's
+    /// pipeline). Either list may be empty (every answer of a batch degraded, or none), not both.
+    async fn write(&self, w: Writes) -> Result<(), Error> {
+        let Writes {
+            results,
+            impressions,
+        } = w;
+        if results.is_empty() && impressions.is_empty() {
             return Err(ValidationError::new("puts", "and impressions are both empty").into());
         }
-        for (field, n) in [("puts", r.puts.len()), ("impressions", r.impressions.len())] {
+        for (field, n) in [("puts", results.len()), ("impressions", impressions.len())] {
             if n > 0 {
                 check_batch(field, n)?;
             }
         }
-        let puts = each("puts", r.puts, Put::parse)?;
-        let impressions = each("impressions", r.impressions, Impressions::parse)?;
-        let (written, recorded) = (puts.len() as u32, impressions.len() as u32);
-        // At once: against Redis the writes share the connection's pipeline.
+        let results = each("puts", results, checked_result)?;
+        let now = reco_types::now_ms();
         let (put, record) = tokio::join!(
-            futures::future::try_join_all(puts.into_iter().map(|p| self.put(p))),
-            futures::future::try_join_all(
-                impressions
-                    .iter()
-                    .map(|i| self.store.record_impressions(&i.user, &i.items, i.at_ms))
-            ),
+            futures::future::try_join_all(results.into_iter().map(|p| self.put(p))),
+            futures::future::try_join_all(impressions.iter().map(|i| {
+                let at = if i.at_ms > 0 { i.at_ms } else { now };
+                self.store.record_impressions(&i.user_id, &i.item_ids, at)
+            })),
         );
         put?;
         record?;
-        Ok(pb::PutRecommendationsBatchResponse { written, recorded })
+        Ok(())
     }
 
-    async fn put(&self, p: Put) -> Result<(), Error> {
-        let Put {
-            user,
+    async fn put(&self, p: ResultWrite) -> Result<(), Error> {
+        let ResultWrite {
+            user_id: user,
             scene,
             items,
             ttl,
@@ -247,34 +294,29 @@ impl CacheApi {
         &self,
         r: pb::CheckRateLimitRequest,
     ) -> Result<pb::CheckRateLimitResponse, Error> {
-        let pb::CheckRateLimitRequest {
-            key: k,
-            limit,
-            window_ms,
-            cost,
-        } = r;
-        let k = key("key", &k)?;
-        let limit = count("limit", limit, 0, 1, 1_000_000)?;
-        if window_ms == 0 {
-            return Err(ValidationError::new("window_ms", "must be at least 1").into());
-        }
-        let window = millis("window_ms", window_ms, Duration::ZERO)?;
-        let cost = count("cost", cost, 1, 1, limit)?;
-        let d = self.store.check_rate_limit(&k, limit, window, cost).await?;
-        Ok(pb::CheckRateLimitResponse {
-            allowed: d.allowed,
-            remaining: d.remaining,
-            retry_after_ms: d.retry_after.as_millis().try_into().unwrap_or(u64::MAX),
-        })
+        let d = self.rate(checked_rate(rate_limit(r)?)?).await?;
+        Ok(rate_response(d))
+    }
+
+    async fn rate(&self, r: RateLimit) -> Result<RateDecision, Error> {
+        Ok(self
+            .store
+            .check_rate_limit(&r.key, r.limit, r.window, r.cost)
+            .await?)
     }
 
     async fn record_impressions(
         &self,
         r: pb::RecordImpressionsRequest,
     ) -> Result<pb::RecordImpressionsResponse, Error> {
-        let i = Impressions::parse(r)?;
+        let i = impression_write(r)?;
+        let at = if i.at_ms > 0 {
+            i.at_ms
+        } else {
+            reco_types::now_ms()
+        };
         self.store
-            .record_impressions(&i.user, &i.items, i.at_ms)
+            .record_impressions(&i.user_id, &i.item_ids, at)
             .await?;
         Ok(pb::RecordImpressionsResponse {})
     }
@@ -289,15 +331,33 @@ impl CacheApi {
             cap,
             window_ms,
         } = r;
-        let u = user(&user_id)?;
+        let user_id = user(&user_id)?;
         check_batch("item_ids", item_ids.len())?;
-        let items = each("item_ids", item_ids, |s| ItemId::parse("", s))?;
-        let cap = count("cap", cap, 0, 1, 1_000_000)?;
-        let window = millis("window_ms", window_ms, Duration::from_secs(24 * 3600))?;
-        let capped = self.store.filter_capped(&u, &items, cap, window).await?;
+        let item_ids = each("item_ids", item_ids, |s| ItemId::parse("", s))?;
+        let q = CapQuery {
+            user_id,
+            item_ids,
+            cap,
+            window: Duration::from_millis(window_ms),
+        };
         Ok(pb::FilterCappedResponse {
-            capped_item_ids: capped.into_iter().map(Into::into).collect(),
+            capped_item_ids: self.capped(q).await?.into_iter().map(Into::into).collect(),
         })
+    }
+
+    /// The capped items among those asked (a zero window is a day).
+    async fn capped(&self, q: CapQuery) -> Result<Vec<ItemId>, Error> {
+        check_batch("item_ids", q.item_ids.len())?;
+        let cap = count("cap", q.cap, 0, 1, 1_000_000)?;
+        let window = millis(
+            "window_ms",
+            q.window.as_millis() as u64,
+            Duration::from_secs(24 * 3600),
+        )?;
+        Ok(self
+            .store
+            .filter_capped(&q.user_id, &q.item_ids, cap, window)
+            .await?)
     }
 
     async fn begin_recommend(
@@ -306,59 +366,79 @@ impl CacheApi {
     ) -> Result<pb::BeginRecommendResponse, Error> {
         let pb::BeginRecommendRequest {
             user_id,
-            rate_limit,
+            rate_limit: rate,
             read_result,
             scene,
             recent_events,
         } = r;
-        // Every part is checked before any runs, so a bad part touches nothing.
-        user(&user_id)?;
-        Scene::parse("scene", &scene)?;
+        let q = BeginQuery {
+            user_id: user(&user_id)?,
+            scene: Scene::parse("scene", &scene)?,
+            rate_limit: rate
+                .map(rate_limit)
+                .transpose()
+                .map_err(|e| e.within("rate_limit"))?,
+            read_result,
+            recent_events,
+        };
+        let begun = self.begin(q).await?;
+        let refused = begun.rate.is_some_and(|d| !d.allowed);
+        Ok(pb::BeginRecommendResponse {
+            rate_limit: begun.rate.map(rate_response),
+            result: (read_result && !refused).then(|| result_response(begun.result)),
+            recent_events: begun.recent_events.into_iter().map(Into::into).collect(),
+        })
+    }
+
+    /// The cache's part of the start of a request. Every part is checked before any runs, so a bad part touches
+    /// nothing; the reads run beside the rate check rather than after it (one store round trip, not two), and a
+    /// refused call throws them away, which is rare and costs only the reads.
+    async fn begin(&self, q: BeginQuery) -> Result<Begun, Error> {
+        let BeginQuery {
+            user_id,
+            scene,
+            rate_limit,
+            read_result,
+            recent_events,
+        } = q;
         if recent_events > 0 {
             count("recent_events", recent_events, 0, 1, 10_000)?;
         }
+        let rate_limit = rate_limit
+            .map(checked_rate)
+            .transpose()
+            .map_err(|e| e.within("rate_limit"))?;
         let rate = async {
             match rate_limit {
-                Some(r) => self.check_rate_limit(r).await.map(Some),
+                Some(r) => self.rate(r).await.map(Some),
                 None => Ok(None),
             }
         };
-        // The reads run beside the rate check rather than after it: one store round trip, not two. A refused
-        // call throws them away, which is rare and costs only the reads.
         let result = async {
             if !read_result {
-                return Ok(None);
+                return Ok::<_, Error>(None);
             }
-            let request = pb::GetRecommendationsRequest {
-                user_id: user_id.clone(),
-                scene: scene.clone(),
-            };
-            self.get_recommendations(request).await.map(Some)
+            Ok(self.store.get_result(&user_id, &scene).await?)
         };
         let events = async {
             if recent_events == 0 {
                 return Ok::<_, Error>(Vec::new());
             }
-            let request = pb::GetRecentEventsRequest {
-                user_id: user_id.clone(),
-                limit: recent_events,
-            };
-            Ok(self.get_recent_events(request).await?.events)
+            Ok(self
+                .store
+                .recent_events(&user_id, recent_events as usize)
+                .await?)
         };
-        let (rate, result, events) = tokio::join!(
-            async { rate.await.map_err(|e| within(e, "rate_limit")) },
-            result,
-            events
-        );
+        let (rate, result, events) = tokio::join!(rate, result, events);
         let rate = rate?;
         if rate.as_ref().is_some_and(|r| !r.allowed) {
-            return Ok(pb::BeginRecommendResponse {
-                rate_limit: rate,
+            return Ok(Begun {
+                rate,
                 ..Default::default()
             });
         }
-        Ok(pb::BeginRecommendResponse {
-            rate_limit: rate,
+        Ok(Begun {
+            rate,
             result: result?,
             recent_events: events?,
         })
@@ -421,3 +501,28 @@ reco_server::delegate_rpcs! { CacheService => CacheApi {
     begin_recommend(pb::BeginRecommendRequest) -> pb::BeginRecommendResponse;
     put_recommendations_batch(pb::PutRecommendationsBatchRequest) -> pb::PutRecommendationsBatchResponse;
 }}
+
+/// The service called in process (`reco_client::Cache`): the same checks and store calls as its RPCs, on domain
+/// values, with nothing encoded.
+#[async_trait]
+impl reco_client::Cache for CacheApi {
+    async fn begin(&self, q: BeginQuery, _budget: Duration) -> reco_client::Result<Begun> {
+        Ok(self.begin(q).await?)
+    }
+
+    async fn filter_capped(
+        &self,
+        q: CapQuery,
+        _budget: Duration,
+    ) -> reco_client::Result<Vec<ItemId>> {
+        Ok(self.capped(q).await?)
+    }
+
+    async fn write(&self, w: Writes, _budget: Duration) -> reco_client::Result<()> {
+        Ok(self.write(w).await?)
+    }
+
+    async fn ready(&self) -> Readiness {
+        self.store.ping().await.map_err(|e| e.to_string())
+    }
+}

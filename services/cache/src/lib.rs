@@ -107,19 +107,25 @@ pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn CacheStore>> {
     })
 }
 
-/// The service over a given store, ready to serve.
-pub fn server(config: &Config, store: Arc<dyn CacheStore>) -> GrpcServer {
-    let probe = store.clone();
+/// Opens the configured store and makes the service's implementation over it: what its gRPC server serves, and
+/// what a gateway in the same process calls directly.
+pub fn open(config: &Config) -> anyhow::Result<Arc<CacheApi>> {
+    Ok(Arc::new(CacheApi::new(open_store(config)?)))
+}
+
+/// The gRPC server of an implementation, ready to serve once its store answers.
+pub fn server(config: &Config, api: Arc<CacheApi>) -> GrpcServer {
+    let probe = api.clone();
     GrpcServer::new("cache", config.server.clone())
         .write_rpcs(API, WRITE_RPCS)
-        .add_service(CacheServiceServer::new(CacheApi::new(store)))
+        .add_service(CacheServiceServer::from_arc(api))
         .readiness(move || {
-            let store = probe.clone();
-            async move { store.ping().await.map_err(|e| e.to_string()) }
+            let api = probe.clone();
+            async move { reco_client::Cache::ready(&*api).await }
         })
 }
 
 /// Opens the configured store and builds the server.
 pub fn build(config: &Config) -> anyhow::Result<GrpcServer> {
-    Ok(server(config, open_store(config)?))
+    Ok(server(config, open(config)?))
 }

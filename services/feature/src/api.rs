@@ -1,6 +1,9 @@
 //! The gRPC edge: validates requests into domain types, calls the store, converts back.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+use reco_client::{Hit, ItemsQuery, PopularQuery, Readiness, UserContextQuery};
 
 use reco_feature_store::{FeatureStore, check_row_size};
 use reco_proto::{
@@ -8,8 +11,8 @@ use reco_proto::{
     feature::v1::{self as pb, feature_service_server::FeatureService},
 };
 use reco_types::{
-    FeatureVersion, Item, ItemId, MAX_BATCH, Name, User, UserId, ValidationError, check_batch,
-    count,
+    Candidate, FeatureVersion, Item, ItemId, MAX_BATCH, Name, User, UserContext, UserId,
+    ValidationError, check_batch, count,
 };
 
 use crate::{Error, items::EncodedItems};
@@ -60,26 +63,8 @@ impl FeatureApi {
         } = request;
         let user_id = UserId::parse("user_id", &user_id)?;
         let version = version(&feature_version)?;
-        let max_events = count("max_events", max_events, self.max_events as u32, 1, 10_000)?;
-        let max_pool = if max_pool == 0 {
-            0
-        } else {
-            count(
-                "max_pool",
-                max_pool,
-                0,
-                1,
-                reco_types::MAX_CANDIDATES as u32,
-            )?
-        };
         let ctx = self
-            .store
-            .user_context(
-                version.as_ref(),
-                &user_id,
-                max_events as usize,
-                max_pool as usize,
-            )
+            .context(&user_id, version.as_ref(), max_events, max_pool)
             .await?;
         let found = ctx.found();
         let (features, embedding) = match ctx.user {
@@ -98,6 +83,33 @@ impl FeatureApi {
             recent_events: ctx.recent_events.into_iter().map(Into::into).collect(),
             feature_version: ctx.version.map(Into::into).unwrap_or_default(),
         })
+    }
+
+    /// A user's context, whichever way the call came: the counts checked (0 events: the sequence length; 0 pool:
+    /// all of it), then one store read.
+    async fn context(
+        &self,
+        user_id: &UserId,
+        version: Option<&FeatureVersion>,
+        max_events: u32,
+        max_pool: u32,
+    ) -> Result<UserContext, Error> {
+        let max_events = count("max_events", max_events, self.max_events as u32, 1, 10_000)?;
+        let max_pool = if max_pool == 0 {
+            0
+        } else {
+            count(
+                "max_pool",
+                max_pool,
+                0,
+                1,
+                reco_types::MAX_CANDIDATES as u32,
+            )?
+        };
+        Ok(self
+            .store
+            .user_context(version, user_id, max_events as usize, max_pool as usize)
+            .await?)
     }
 
     async fn batch_get_item_features(
@@ -156,24 +168,30 @@ impl FeatureApi {
             category,
             feature_version,
         } = request;
-        let k = count("k", k, 100, 1, MAX_BATCH as u32)?;
         let category = if category.is_empty() {
             None
         } else {
             Some(Name::parse("category", &category)?)
         };
         let version = version(&feature_version)?;
-        let items = self
-            .store
-            .popular(
-                version.as_ref(),
-                k as usize,
-                category.as_ref().map(Name::as_str),
-            )
-            .await?;
+        let items = self.popular(k, category.as_ref(), version.as_ref()).await?;
         Ok(pb::GetPopularItemsResponse {
             items: items.into_iter().map(Into::into).collect(),
         })
+    }
+
+    /// The `k` most popular items (0: 100), of `category` when given.
+    async fn popular(
+        &self,
+        k: u32,
+        category: Option<&Name>,
+        version: Option<&FeatureVersion>,
+    ) -> Result<Vec<Candidate>, Error> {
+        let k = count("k", k, 100, 1, MAX_BATCH as u32)?;
+        Ok(self
+            .store
+            .popular(version, k as usize, category.map(Name::as_str))
+            .await?)
     }
 
     async fn put_user_features(
@@ -320,3 +338,58 @@ reco_server::delegate_rpcs! { FeatureService => FeatureApi {
     list_versions(pb::ListVersionsRequest) -> pb::ListVersionsResponse;
     activate_version(pb::ActivateVersionRequest) -> pb::ActivateVersionResponse;
 }}
+
+/// The service called in process (`reco_client::Feature`): the same checks and store reads as its RPCs, on domain
+/// values, with nothing encoded.
+#[async_trait]
+impl reco_client::Feature for FeatureApi {
+    async fn user_context(
+        &self,
+        q: UserContextQuery,
+        _budget: Duration,
+    ) -> reco_client::Result<UserContext> {
+        let UserContextQuery {
+            user_id,
+            version,
+            max_events,
+            max_pool,
+        } = q;
+        Ok(self
+            .context(&user_id, version.as_ref(), max_events, max_pool)
+            .await?)
+    }
+
+    async fn items(&self, q: ItemsQuery, _budget: Duration) -> reco_client::Result<Vec<Item>> {
+        let ItemsQuery {
+            item_ids,
+            version,
+            include_embeddings,
+        } = q;
+        check_batch("item_ids", item_ids.len()).map_err(Error::from)?;
+        Ok(self
+            .store
+            .items(version.as_ref(), &item_ids, include_embeddings)
+            .await
+            .map_err(Error::from)?)
+    }
+
+    async fn popular(&self, q: PopularQuery, _budget: Duration) -> reco_client::Result<Vec<Hit>> {
+        let PopularQuery {
+            k,
+            category,
+            version,
+        } = q;
+        let items = self.popular(k, category.as_ref(), version.as_ref()).await?;
+        Ok(items
+            .into_iter()
+            .map(|c| Hit {
+                item_id: c.item_id,
+                score: c.score,
+            })
+            .collect())
+    }
+
+    async fn ready(&self) -> Readiness {
+        self.store.ping().await.map_err(|e| e.to_string())
+    }
+}

@@ -175,29 +175,38 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn FeatureStore>
     })
 }
 
-/// The service over a given store, ready to serve.
-pub fn server(config: &Config, store: Arc<dyn FeatureStore>) -> GrpcServer {
-    let probe = store.clone();
+/// The service's implementation over a given store: what its gRPC server serves, and what a gateway in the same
+/// process calls directly.
+pub fn api(config: &Config, store: Arc<dyn FeatureStore>) -> Arc<FeatureApi> {
+    let api = FeatureApi::new(store, config.max_events);
+    Arc::new(if config.item_cache_ttl_ms > 0 {
+        api.with_item_cache(
+            std::time::Duration::from_millis(config.item_cache_ttl_ms),
+            config.cache_capacity as usize,
+        )
+    } else {
+        api
+    })
+}
+
+/// Opens the configured store and makes the service's implementation over it.
+pub async fn open(config: &Config) -> anyhow::Result<Arc<FeatureApi>> {
+    Ok(api(config, open_store(config).await?))
+}
+
+/// The gRPC server of an implementation, ready to serve once its store answers.
+pub fn server(config: &Config, api: Arc<FeatureApi>) -> GrpcServer {
+    let probe = api.clone();
     GrpcServer::new("feature", config.server.clone())
         .write_rpcs(API, WRITE_RPCS)
-        .add_service(FeatureServiceServer::new({
-            let api = FeatureApi::new(store, config.max_events);
-            if config.item_cache_ttl_ms > 0 {
-                api.with_item_cache(
-                    std::time::Duration::from_millis(config.item_cache_ttl_ms),
-                    config.cache_capacity as usize,
-                )
-            } else {
-                api
-            }
-        }))
+        .add_service(FeatureServiceServer::from_arc(api))
         .readiness(move || {
-            let store = probe.clone();
-            async move { store.ping().await.map_err(|e| e.to_string()) }
+            let api = probe.clone();
+            async move { reco_client::Feature::ready(&*api).await }
         })
 }
 
 /// Opens the configured store and builds the server.
 pub async fn build(config: &Config) -> anyhow::Result<GrpcServer> {
-    Ok(server(config, open_store(config).await?))
+    Ok(server(config, open(config).await?))
 }

@@ -22,7 +22,10 @@ async fn start(item_cache_ttl_ms: u64) -> (Client, tokio::sync::oneshot::Sender<
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = reco_feature::server(&config, Arc::new(MemoryFeatureStore::new()));
+    let server = reco_feature::server(
+        &config,
+        reco_feature::api(&config, Arc::new(MemoryFeatureStore::new())),
+    );
     tokio::spawn(server.serve(listener, async {
         let _ = stopped.await;
     }));

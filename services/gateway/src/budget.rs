@@ -10,8 +10,7 @@ pub const RESPONSE_MARGIN: Duration = Duration::from_millis(2);
 /// The deadline of one request.
 #[derive(Clone, Copy, Debug)]
 pub struct Deadline {
-    pub start: Instant,
-    pub at: Instant,
+    at: Instant,
 }
 
 impl Deadline {
@@ -21,10 +20,7 @@ impl Deadline {
             Some(c) => total.min(c.saturating_sub(RESPONSE_MARGIN)),
             None => total,
         };
-        Self {
-            start,
-            at: start + budget,
-        }
+        Self { at: start + budget }
     }
 
     pub fn remaining(&self) -> Duration {

@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use reco_types::ValidationError;
 
-use crate::pipeline::PipelineError;
+use crate::pipeline::Refused;
 
 /// Why a Recommend call was refused. Slow or failed backends are not errors: they degrade the answer.
 #[derive(Debug, thiserror::Error)]
@@ -12,7 +12,7 @@ pub enum Error {
     Invalid(#[from] ValidationError),
     /// Admission refused the call.
     #[error(transparent)]
-    Pipeline(#[from] PipelineError),
+    Pipeline(#[from] Refused),
 }
 
 impl From<Error> for tonic::Status {
@@ -20,10 +20,10 @@ impl From<Error> for tonic::Status {
         match e {
             Error::Invalid(v) => reco_server::invalid_argument(v),
             Error::Pipeline(p) => match p {
-                PipelineError::RateLimited { retry_after, .. } => {
+                Refused::RateLimited { retry_after, .. } => {
                     rate_limited(&p.to_string(), retry_after)
                 }
-                PipelineError::AdmissionUnavailable(_) => tonic::Status::unavailable(p.to_string()),
+                Refused::AdmissionUnavailable(_) => tonic::Status::unavailable(p.to_string()),
             },
         }
     }

@@ -17,8 +17,6 @@ use opentelemetry::{
 };
 use reco_types::StageStatus;
 
-use crate::resilience::{BreakerState, Hedged};
-
 /// Bucket bounds in ms: fine below a millisecond, where most stages answer, up to the 200 ms request budget.
 const BOUNDS_MS: &[f64] = &[
     0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 50.0, 75.0, 100.0,
@@ -90,22 +88,19 @@ pub fn recommend(outcome: &'static str, elapsed: Duration) {
         .record(ms(elapsed), &[KeyValue::new("outcome", outcome)]);
 }
 
-pub fn breaker_transition(downstream: &'static str, state: BreakerState) {
+/// A breaker's change of state (open, half_open, closed).
+pub fn breaker_transition(downstream: &'static str, state: &'static str) {
     instruments().breaker_transitions.add(
         1,
         &[
             KeyValue::new("downstream", downstream),
-            KeyValue::new("state", state.as_str()),
+            KeyValue::new("state", state),
         ],
     );
 }
 
-pub fn hedge(outcome: Hedged) {
-    let outcome = match outcome {
-        Hedged::NotNeeded => "not_needed",
-        Hedged::FirstWon => "first_won",
-        Hedged::SecondWon => "second_won",
-    };
+/// A hedged call's outcome (not_needed, first_won, second_won).
+pub fn hedge(outcome: &'static str) {
     instruments()
         .hedges
         .add(1, &[KeyValue::new("outcome", outcome)]);

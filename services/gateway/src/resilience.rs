@@ -38,7 +38,7 @@ pub type StageService<M, R> = BoxCloneSyncService<Call<M>, R, Status>;
 /// Builds a stage's service: `rpc` under the downstream's breaker, hedged when `hedge` is set.
 pub fn stage_service<M, R, F, Fut>(
     breaker: &Arc<Breaker>,
-    hedge: Option<HedgeConfig>,
+    hedge: Option<HedgePolicy>,
     rpc: F,
 ) -> StageService<M, R>
 where
@@ -57,7 +57,7 @@ where
 
 /// Circuit-breaker settings, shared by every downstream.
 #[derive(Clone, Copy, Debug)]
-pub struct BreakerConfig {
+pub struct BreakerPolicy {
     /// Consecutive failed calls that open the breaker; 0 turns breakers off.
     pub failures: u32,
     /// How long an open breaker refuses calls before letting one probe through.
@@ -101,7 +101,7 @@ struct BreakerInner {
 #[derive(Debug)]
 pub struct Breaker {
     downstream: &'static str,
-    cfg: BreakerConfig,
+    cfg: BreakerPolicy,
     inner: Mutex<BreakerInner>,
 }
 
@@ -130,7 +130,7 @@ fn outcome(status: &Status) -> Outcome {
 }
 
 impl Breaker {
-    pub fn new(downstream: &'static str, cfg: BreakerConfig) -> Arc<Self> {
+    pub fn new(downstream: &'static str, cfg: BreakerPolicy) -> Arc<Self> {
         Arc::new(Self {
             downstream,
             cfg,
@@ -141,10 +141,6 @@ impl Breaker {
                 probing: false,
             }),
         })
-    }
-
-    pub fn downstream(&self) -> &'static str {
-        self.downstream
     }
 
     /// The state now; an open breaker whose period has ended reads as half-open.
@@ -238,7 +234,7 @@ impl Breaker {
                 ),
                 _ => tracing::info!(downstream = self.downstream, "circuit breaker closed"),
             }
-            crate::metrics::breaker_transition(self.downstream, after);
+            crate::metrics::breaker_transition(self.downstream, after.as_str());
         }
     }
 }
@@ -336,7 +332,7 @@ where
 
 /// Hedging settings of a stage.
 #[derive(Clone, Copy, Debug)]
-pub struct HedgeConfig {
+pub struct HedgePolicy {
     /// The observed latency quantile after which the second request goes (0.95: the p95).
     pub quantile: f64,
     /// Calls observed before hedging starts (no hedge on a guess).
@@ -345,7 +341,7 @@ pub struct HedgeConfig {
     pub window: Duration,
 }
 
-impl Default for HedgeConfig {
+impl Default for HedgePolicy {
     fn default() -> Self {
         Self {
             quantile: 0.95,
@@ -389,7 +385,7 @@ impl Latencies {
     }
 
     /// The delay before hedging: the quantile over both windows, once there are enough samples.
-    fn delay(&mut self, cfg: &HedgeConfig) -> Option<Duration> {
+    fn delay(&mut self, cfg: &HedgePolicy) -> Option<Duration> {
         self.rotate(cfg.window);
         let n = self.current.len() + self.previous.len();
         if n < cfg.min_samples.max(1) {
@@ -405,12 +401,12 @@ impl Latencies {
 /// answer wins and the other call is dropped.
 #[derive(Clone)]
 pub struct HedgeLayer {
-    cfg: HedgeConfig,
+    cfg: HedgePolicy,
     latencies: Arc<Mutex<Latencies>>,
 }
 
 impl HedgeLayer {
-    pub fn new(cfg: HedgeConfig) -> Self {
+    pub fn new(cfg: HedgePolicy) -> Self {
         Self {
             cfg,
             latencies: Arc::new(Mutex::new(Latencies::new())),
@@ -432,7 +428,7 @@ impl<S> Layer<S> for HedgeLayer {
 #[derive(Clone)]
 pub struct HedgeService<S> {
     inner: S,
-    cfg: HedgeConfig,
+    cfg: HedgePolicy,
     latencies: Arc<Mutex<Latencies>>,
 }
 
@@ -445,6 +441,16 @@ pub enum Hedged {
     FirstWon,
     /// A second call went and answered first.
     SecondWon,
+}
+
+impl Hedged {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Hedged::NotNeeded => "not_needed",
+            Hedged::FirstWon => "first_won",
+            Hedged::SecondWon => "second_won",
+        }
+    }
 }
 
 impl<S, M, R> Service<Call<M>> for HedgeService<S>
@@ -494,7 +500,7 @@ where
                 biased;
                 result = &mut first => {
                     record(&result, started);
-                    crate::metrics::hedge(Hedged::NotNeeded);
+                    crate::metrics::hedge(Hedged::NotNeeded.as_str());
                     return result;
                 }
                 _ = tokio::time::sleep(delay) => {}
@@ -506,12 +512,12 @@ where
                 biased;
                 result = &mut first => {
                     record(&result, started);
-                    crate::metrics::hedge(Hedged::FirstWon);
+                    crate::metrics::hedge(Hedged::FirstWon.as_str());
                     result
                 }
                 result = &mut second => {
                     record(&result, second_started);
-                    crate::metrics::hedge(Hedged::SecondWon);
+                    crate::metrics::hedge(Hedged::SecondWon.as_str());
                     result
                 }
             }
@@ -528,7 +534,7 @@ mod tests {
     fn breaker(failures: u32, open_ms: u64) -> Arc<Breaker> {
         Breaker::new(
             "test",
-            BreakerConfig {
+            BreakerPolicy {
                 failures,
                 open_for: Duration::from_millis(open_ms),
                 count_timeouts: false,
@@ -679,7 +685,7 @@ mod tests {
 
         let strict = Breaker::new(
             "test",
-            BreakerConfig {
+            BreakerPolicy {
                 failures: 2,
                 open_for: Duration::from_secs(60),
                 count_timeouts: true,
@@ -706,7 +712,7 @@ mod tests {
     /// call only, as a stalled connection or a GC pause would be.
     fn tail(
         b: &Arc<Breaker>,
-        hedge: Option<HedgeConfig>,
+        hedge: Option<HedgePolicy>,
         every: u32,
         slow: Duration,
     ) -> (StageService<u32, u32>, Arc<AtomicU32>) {
@@ -730,7 +736,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn hedging_sends_a_second_call_after_the_observed_quantile() {
         let b = breaker(0, 1);
-        let cfg = HedgeConfig {
+        let cfg = HedgePolicy {
             quantile: 0.95,
             min_samples: 50,
             window: Duration::from_secs(3600),

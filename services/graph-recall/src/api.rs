@@ -2,14 +2,16 @@
 
 use std::{sync::Arc, time::Duration};
 
+use async_trait::async_trait;
+use reco_client::{GraphQuery, Hit, Readiness};
 use reco_graph_store::{
-    Edge, EdgeKind, GraphStore, MAX_K, MAX_STEPS, RecallQuery, Strategy, TargetKind,
+    Edge, EdgeKind, GraphStore, MAX_K, MAX_STEPS, RecallQuery, RecallResult, Strategy, TargetKind,
 };
 use reco_proto::{
     conversions::each,
     graph_recall::v1::{self as pb, graph_recall_server::GraphRecall},
 };
-use reco_types::{UserId, ValidationError, check_batch, count};
+use reco_types::{ItemId, UserId, ValidationError, check_batch, count};
 
 use crate::Error;
 
@@ -82,23 +84,16 @@ impl GraphApi {
             time_budget_ms,
         } = r;
         let user = UserId::parse("user_id", &user_id)?;
-        let mut strategies = each("strategies", strategies, strategy)?;
-        if strategies.is_empty() {
-            strategies = vec![Strategy::FriendsItems, Strategy::SharedInterests];
-        }
-        strategies.dedup();
-        let k = count("k", k, 100, 1, MAX_K as u32)?;
-        let max_steps = count("max_steps", max_steps, 10_000, 1, MAX_STEPS as u32)?;
+        let strategies = each("strategies", strategies, strategy)?;
         let budget = count("time_budget_ms", time_budget_ms, 20, 1, 10_000)?;
         let result = self
-            .store
-            .recall(&RecallQuery {
+            .walk(
                 user,
                 strategies,
-                k: k as usize,
-                max_steps: max_steps as usize,
-                time_budget: Duration::from_millis(budget as u64),
-            })
+                k,
+                max_steps,
+                Duration::from_millis(budget as u64),
+            )
             .await?;
         Ok(pb::RecallResponse {
             candidates: result
@@ -117,6 +112,34 @@ impl GraphApi {
                 .collect(),
             truncated: result.truncated,
         })
+    }
+
+    /// A recall, whichever way the call came: no strategies are friends' items and shared interests; `k` (0: 100)
+    /// and `max_steps` (0: 10,000) within bounds.
+    async fn walk(
+        &self,
+        user: UserId,
+        mut strategies: Vec<Strategy>,
+        k: u32,
+        max_steps: u32,
+        time_budget: Duration,
+    ) -> Result<RecallResult, Error> {
+        if strategies.is_empty() {
+            strategies = vec![Strategy::FriendsItems, Strategy::SharedInterests];
+        }
+        strategies.dedup();
+        let k = count("k", k, 100, 1, MAX_K as u32)?;
+        let max_steps = count("max_steps", max_steps, 10_000, 1, MAX_STEPS as u32)?;
+        Ok(self
+            .store
+            .recall(&RecallQuery {
+                user,
+                strategies,
+                k: k as usize,
+                max_steps: max_steps as usize,
+                time_budget,
+            })
+            .await?)
     }
 
     async fn add_edges(&self, r: pb::AddEdgesRequest) -> Result<pb::AddEdgesResponse, Error> {
@@ -154,3 +177,38 @@ reco_server::delegate_rpcs! { GraphRecall => GraphApi {
     remove_edges(pb::RemoveEdgesRequest) -> pb::RemoveEdgesResponse;
     stats(pb::StatsRequest) -> pb::StatsResponse;
 }}
+
+/// The service called in process (`reco_client::GraphRecall`): the same checks and store recall as Recall, by the
+/// default strategies, bounded by the caller's budget, with nothing encoded.
+#[async_trait]
+impl reco_client::GraphRecall for GraphApi {
+    async fn recall(&self, q: GraphQuery, _budget: Duration) -> reco_client::Result<Vec<Hit>> {
+        let GraphQuery {
+            user_id,
+            k,
+            time_budget,
+        } = q;
+        let time_budget = time_budget.clamp(Duration::from_millis(1), Duration::from_secs(10));
+        let result = self.walk(user_id, Vec::new(), k, 0, time_budget).await?;
+        Ok(result
+            .candidates
+            .into_iter()
+            .filter(|c| c.kind == TargetKind::Item)
+            .filter_map(|c| {
+                let item_id = ItemId::parse("item_id", &c.id).ok()?;
+                Some(Hit {
+                    item_id,
+                    score: c.score,
+                })
+            })
+            .collect())
+    }
+
+    async fn ready(&self) -> Readiness {
+        self.store
+            .stats()
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}

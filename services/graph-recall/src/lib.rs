@@ -131,19 +131,25 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn GraphStore>> 
     })
 }
 
-/// The service over a given store, ready to serve.
-pub fn server(config: &Config, store: Arc<dyn GraphStore>) -> GrpcServer {
-    let probe = store.clone();
+/// Opens the configured store and makes the service's implementation over it: what its gRPC server serves, and
+/// what a gateway in the same process calls directly.
+pub async fn open(config: &Config) -> anyhow::Result<Arc<GraphApi>> {
+    Ok(Arc::new(GraphApi::new(open_store(config).await?)))
+}
+
+/// The gRPC server of an implementation, ready to serve once its store answers.
+pub fn server(config: &Config, api: Arc<GraphApi>) -> GrpcServer {
+    let probe = api.clone();
     GrpcServer::new("graph-recall", config.server.clone())
         .write_rpcs(API, WRITE_RPCS)
-        .add_service(GraphRecallServer::new(GraphApi::new(store)))
+        .add_service(GraphRecallServer::from_arc(api))
         .readiness(move || {
-            let store = probe.clone();
-            async move { store.stats().await.map(|_| ()).map_err(|e| e.to_string()) }
+            let api = probe.clone();
+            async move { reco_client::GraphRecall::ready(&*api).await }
         })
 }
 
 /// Opens the configured store and builds the server.
 pub async fn build(config: &Config) -> anyhow::Result<GrpcServer> {
-    Ok(server(config, open_store(config).await?))
+    Ok(server(config, open(config).await?))
 }

@@ -1,6 +1,9 @@
 //! The gRPC edge: validates requests into domain types, scores, converts back.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+use reco_client::{RankAnswer, Readiness};
 
 use prost::Message;
 use reco_proto::{
@@ -142,7 +145,7 @@ impl RankingApi {
             candidates,
             context: context.into_iter().collect(),
         };
-        let ranked = rank(self.ranker.as_ref(), &input, top_n as usize).await?;
+        let ranked = self.score(&input, top_n as usize).await?;
         Ok(pb::RankResponse {
             scores: ranked
                 .items
@@ -156,6 +159,12 @@ impl RankingApi {
             missing_features: ranked.missing.into_iter().collect(),
             unresolved_item_refs: Vec::new(),
         })
+    }
+
+    /// Scores a request, whichever way it came: at most [`MAX_CANDIDATES`], best `top_n` first (0: all).
+    async fn score(&self, input: &RankInput, top_n: usize) -> Result<reco_ranker::Ranked, Error> {
+        check_candidates("candidates", input.candidates.len())?;
+        Ok(rank(self.ranker.as_ref(), input, top_n).await?)
     }
 
     /// The domain candidates of a request, `candidates` first, then `encoded`, whose items are looked up among
@@ -208,3 +217,26 @@ reco_server::delegate_rpcs! { Ranking => RankingApi {
     rank(pb::RankRequest) -> pb::RankResponse;
     model_info(pb::ModelInfoRequest) -> pb::ModelInfoResponse;
 }}
+
+/// The service called in process (`reco_client::Ranking`): the candidates' items are the caller's own
+/// `Arc<RankItem>`s, so nothing is encoded, decoded or looked up by reference.
+#[async_trait]
+impl reco_client::Ranking for RankingApi {
+    async fn rank(
+        &self,
+        input: Arc<RankInput>,
+        _budget: Duration,
+    ) -> reco_client::Result<RankAnswer> {
+        let ranked = self.score(&input, 0).await?;
+        Ok(RankAnswer {
+            scores: ranked.items,
+            missing: ranked.missing,
+            model_version: self.ranker.model_version(),
+            notes: Vec::new(),
+        })
+    }
+
+    async fn ready(&self) -> Readiness {
+        Ok(())
+    }
+}

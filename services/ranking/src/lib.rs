@@ -178,17 +178,25 @@ fn watch(model: std::sync::Weak<ReloadingModel>, every: Duration) {
     });
 }
 
-/// The service over a given model, ready to serve.
-pub fn server(config: &Config, ranker: Arc<dyn Ranker>) -> GrpcServer {
+/// The service's implementation over a given model: what its gRPC server serves, and what a gateway in the same
+/// process calls directly.
+pub fn api(config: &Config, ranker: Arc<dyn Ranker>) -> Arc<RankingApi> {
+    Arc::new(RankingApi::with_item_cache(ranker, config.item_cache))
+}
+
+/// Loads the configured model and makes the service's implementation over it.
+pub async fn open(config: &Config) -> anyhow::Result<Arc<RankingApi>> {
+    Ok(api(config, open_ranker(config).await?))
+}
+
+/// The gRPC server of an implementation.
+pub fn server(config: &Config, api: Arc<RankingApi>) -> GrpcServer {
     GrpcServer::new("ranking", config.server.clone())
         .write_rpcs(API, WRITE_RPCS)
-        .add_service(RankingServer::new(RankingApi::with_item_cache(
-            ranker,
-            config.item_cache,
-        )))
+        .add_service(RankingServer::from_arc(api))
 }
 
 /// Loads the configured model and builds the server.
 pub async fn build(config: &Config) -> anyhow::Result<GrpcServer> {
-    Ok(server(config, open_ranker(config).await?))
+    Ok(server(config, open(config).await?))
 }

@@ -1,6 +1,9 @@
 //! The gRPC edge: validates requests into domain types, resolves the query vector, searches.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+use reco_client::{Hit, Readiness, SearchQuery, VectorQuery};
 
 use reco_proto::{
     conversions::each,
@@ -9,7 +12,8 @@ use reco_proto::{
 };
 use reco_server::TracedChannel;
 use reco_types::{
-    Embedding, ItemFilter, ItemId, Name, UserId, ValidationError, check_batch, count,
+    Embedding, ItemFilter, ItemId, MAX_CANDIDATES, Name, UserId, ValidationError, check_batch,
+    count,
 };
 use reco_vector_index::{IndexedItem, MAX_K, VersionedIndex};
 
@@ -53,45 +57,37 @@ impl VectorApi {
         self
     }
 
-    /// The query vector; None when the user or items have nothing to search with (an empty answer).
-    async fn query_vector(&self, query: Query) -> Result<Option<Embedding>, Error> {
-        match query {
-            Query::Vector(v) => Ok(Some(Embedding::parse("vector.values", v.values)?)),
-            Query::ItemIds(pb::ItemIds { item_ids }) => {
-                check_batch("item_ids.item_ids", item_ids.len())?;
-                let ids = each("item_ids.item_ids", item_ids, |s| ItemId::parse("", s))?;
-                let vectors = self.index.serving().1.vectors(&ids).await?;
-                Ok(Embedding::mean(&vectors))
-            }
-            Query::UserId(user_id) => {
-                let user_id = UserId::parse("user_id", &user_id)?;
-                let mut client = self.features.clone().ok_or(Error::NoFeatureService)?;
-                let ctx = client
-                    .get_user_context(GetUserContextRequest {
-                        user_id: user_id.into(),
-                        feature_version: String::new(),
-                        max_events: RECENT_ITEMS_FOR_QUERY,
-                        max_pool: 1,
-                    })
-                    .await
-                    .map_err(Error::Features)?
-                    .into_inner();
-                if !ctx.embedding.is_empty() {
-                    // The stored embedding was validated when written; a bad one is the store's fault.
-                    let e = Embedding::parse("embedding", ctx.embedding)
-                        .map_err(|e| Error::Features(tonic::Status::data_loss(e.to_string())))?;
-                    return Ok(Some(e));
-                }
-                let recent: Vec<ItemId> = ctx
-                    .recent_events
-                    .into_iter()
-                    .filter_map(|e| ItemId::parse("item_id", &e.item_id).ok())
-                    .collect();
-                Ok(Embedding::mean(
-                    &self.index.serving().1.vectors(&recent).await?,
-                ))
-            }
+    /// The mean of the items' vectors; None when none of them has one.
+    async fn mean_of(&self, item_ids: &[ItemId]) -> Result<Option<Embedding>, Error> {
+        let vectors = self.index.serving().1.vectors(item_ids).await?;
+        Ok(Embedding::mean(&vectors))
+    }
+
+    /// A user's query vector: their embedding from the feature service, or the mean of their recent items'.
+    async fn user_vector(&self, user_id: UserId) -> Result<Option<Embedding>, Error> {
+        let mut client = self.features.clone().ok_or(Error::NoFeatureService)?;
+        let ctx = client
+            .get_user_context(GetUserContextRequest {
+                user_id: user_id.into(),
+                feature_version: String::new(),
+                max_events: RECENT_ITEMS_FOR_QUERY,
+                max_pool: 1,
+            })
+            .await
+            .map_err(Error::Features)?
+            .into_inner();
+        if !ctx.embedding.is_empty() {
+            // The stored embedding was validated when written; a bad one is the store's fault.
+            let e = Embedding::parse("embedding", ctx.embedding)
+                .map_err(|e| Error::Features(tonic::Status::data_loss(e.to_string())))?;
+            return Ok(Some(e));
         }
+        let recent: Vec<ItemId> = ctx
+            .recent_events
+            .into_iter()
+            .filter_map(|e| ItemId::parse("item_id", &e.item_id).ok())
+            .collect();
+        self.mean_of(&recent).await
     }
 
     async fn search(&self, r: pb::SearchRequest) -> Result<pb::SearchResponse, Error> {
@@ -105,11 +101,19 @@ impl VectorApi {
         let query = query.ok_or_else(|| {
             ValidationError::new("query", "set one of vector, user_id or item_ids")
         })?;
-        let (version, index) = self.index.serving();
-        let hits = match self.query_vector(query).await? {
-            Some(q) => index.search(&q, k as usize, &filter).await?,
-            None => Vec::new(),
+        let vector = match query {
+            Query::Vector(v) => Some(Embedding::parse("vector.values", v.values)?),
+            Query::ItemIds(pb::ItemIds { item_ids }) => {
+                check_batch("item_ids.item_ids", item_ids.len())?;
+                let ids = each("item_ids.item_ids", item_ids, |s| ItemId::parse("", s))?;
+                self.mean_of(&ids).await?
+            }
+            Query::UserId(user_id) => {
+                self.user_vector(UserId::parse("user_id", &user_id)?)
+                    .await?
+            }
         };
+        let (index_version, hits) = self.nearest(vector, k, &filter).await?;
         Ok(pb::SearchResponse {
             hits: hits
                 .into_iter()
@@ -118,8 +122,35 @@ impl VectorApi {
                     score: h.score,
                 })
                 .collect(),
-            index_version: version,
+            index_version,
         })
+    }
+
+    /// The `k` items nearest `vector` that pass `filter`, from the serving index, and its version; none when there
+    /// is nothing to search with.
+    async fn nearest(
+        &self,
+        vector: Option<Embedding>,
+        k: u32,
+        filter: &ItemFilter,
+    ) -> Result<(String, Vec<reco_vector_index::Hit>), Error> {
+        let k = count("k", k, 100, 1, MAX_K as u32)?;
+        if filter.exclude_item_ids.len() > MAX_CANDIDATES {
+            return Err(ValidationError::new(
+                "filter.exclude_item_ids",
+                format!(
+                    "has {} entries, the limit is {MAX_CANDIDATES}",
+                    filter.exclude_item_ids.len()
+                ),
+            )
+            .into());
+        }
+        let (version, index) = self.index.serving();
+        let hits = match vector {
+            Some(q) => index.search(&q, k as usize, filter).await?,
+            None => Vec::new(),
+        };
+        Ok((version, hits))
     }
 
     async fn upsert(&self, r: pb::UpsertRequest) -> Result<pb::UpsertResponse, Error> {
@@ -193,3 +224,32 @@ reco_server::delegate_rpcs! { VectorRecall => VectorApi {
     activate_index(pb::ActivateIndexRequest) -> pb::ActivateIndexResponse;
     stats(pb::StatsRequest) -> pb::StatsResponse;
 }}
+
+/// The service called in process (`reco_client::VectorRecall`): the same checks and index search as Search, on
+/// domain values, with nothing encoded.
+#[async_trait]
+impl reco_client::VectorRecall for VectorApi {
+    async fn search(&self, q: SearchQuery, _budget: Duration) -> reco_client::Result<Vec<Hit>> {
+        let SearchQuery { query, k, filter } = q;
+        let vector = match query {
+            VectorQuery::Vector(v) => Some(v),
+            VectorQuery::Items(ids) => {
+                check_batch("item_ids.item_ids", ids.len()).map_err(Error::from)?;
+                self.mean_of(&ids).await?
+            }
+        };
+        let (_, hits) = self.nearest(vector, k, &filter).await?;
+        Ok(hits
+            .into_iter()
+            .map(|h| Hit {
+                item_id: h.item_id,
+                score: h.score,
+            })
+            .collect())
+    }
+
+    async fn ready(&self) -> Readiness {
+        let (_, index) = self.index.serving();
+        index.stats().await.map(|_| ()).map_err(|e| e.to_string())
+    }
+}

@@ -293,15 +293,15 @@ pub async fn maintain(
     }
 }
 
-/// The service over a given index, ready to serve.
-pub fn server(config: &Config, index: Arc<VersionedIndex>) -> anyhow::Result<GrpcServer> {
+/// The service's implementation over a given index (and its maintenance task, started here): what its gRPC
+/// server serves, and what a gateway in the same process calls directly.
+pub fn api(config: &Config, index: Arc<VersionedIndex>) -> anyhow::Result<Arc<VectorApi>> {
     let tls = config.server.tls.client()?;
     let features = config
         .feature_addr
         .as_deref()
         .map(|a| reco_server::channel_tls(a, tls.as_ref()).map(FeatureServiceClient::new))
         .transpose()?;
-    let probe = index.clone();
     let activated = Arc::new(tokio::sync::Notify::new());
     tokio::spawn(maintain(
         index.clone(),
@@ -310,26 +310,29 @@ pub fn server(config: &Config, index: Arc<VersionedIndex>) -> anyhow::Result<Grp
         Duration::from_millis(config.maintenance_interval_ms.max(100)),
         config.rebuild_garbage,
     ));
-    Ok(GrpcServer::new("vector-recall", config.server.clone())
+    Ok(Arc::new(
+        VectorApi::new(index, features).with_saver(activated),
+    ))
+}
+
+/// Opens the configured index and makes the service's implementation over it.
+pub async fn open(config: &Config) -> anyhow::Result<Arc<VectorApi>> {
+    api(config, open_index(config).await?)
+}
+
+/// The gRPC server of an implementation, ready to serve once its index answers.
+pub fn server(config: &Config, api: Arc<VectorApi>) -> GrpcServer {
+    let probe = api.clone();
+    GrpcServer::new("vector-recall", config.server.clone())
         .write_rpcs(API, WRITE_RPCS)
-        .add_service(VectorRecallServer::new(
-            VectorApi::new(index, features).with_saver(activated),
-        ))
+        .add_service(VectorRecallServer::from_arc(api))
         .readiness(move || {
-            let index = probe.clone();
-            async move {
-                index
-                    .serving()
-                    .1
-                    .stats()
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            }
-        }))
+            let api = probe.clone();
+            async move { reco_client::VectorRecall::ready(&*api).await }
+        })
 }
 
 /// Opens the configured index and builds the server.
 pub async fn build(config: &Config) -> anyhow::Result<GrpcServer> {
-    server(config, open_index(config).await?)
+    Ok(server(config, open(config).await?))
 }

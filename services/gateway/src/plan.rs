@@ -1,6 +1,7 @@
-//! The pipeline's shape as configuration: which recall sources run, when (always, on demand, or as fallbacks in
-//! order), with which budget, k and share of the merged list; which stages are hedged. The gateway's flags give
-//! the default shape; `--pipeline FILE` (TOML) replaces any part of it:
+//! The plan: how the pipeline runs a request. Which recall sources run, when (always, on demand, or as fallbacks in
+//! order), with which budget, k and share of the merged list; the other stages' budgets, quotas and filters;
+//! which stages are hedged; the breakers. [`Plan`] is the checked whole, built from the gateway's flags
+//! (`Config::plan`) overlaid with `--pipeline FILE` ([`RawPlan`], TOML as written), which replaces any part:
 //!
 //! ```toml
 //! total_ms = 200            # whole-request budget; a caller's grpc-timeout shrinks it
@@ -28,6 +29,8 @@
 //! ```
 
 use std::{collections::HashSet, path::Path, time::Duration};
+
+use crate::resilience::{BreakerPolicy, HedgePolicy};
 
 use reco_types::{ItemId, Name};
 use serde::Deserialize;
@@ -76,7 +79,7 @@ impl SourceKind {
 /// One recall source as configured.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
-pub struct SourceSpec {
+pub struct RawSourcePlan {
     pub name: String,
     pub kind: SourceKind,
     #[serde(default)]
@@ -104,7 +107,7 @@ fn one() -> f32 {
 /// A `--pipeline` file: every field optional; what it leaves out keeps the value of the flags.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PipelineFile {
+pub struct RawPlan {
     pub total_ms: Option<u64>,
     pub features_ms: Option<u64>,
     pub cache_ms: Option<u64>,
@@ -116,10 +119,10 @@ pub struct PipelineFile {
     pub blocklist: Option<Vec<String>>,
     pub hedge: Option<Vec<String>>,
     /// When present, the whole list of recall sources, in order.
-    pub recall: Option<Vec<SourceSpec>>,
+    pub recall: Option<Vec<RawSourcePlan>>,
 }
 
-impl PipelineFile {
+impl RawPlan {
     /// Reads and parses a file; errors name the file and, for TOML errors, the line.
     pub fn read(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
@@ -128,7 +131,41 @@ impl PipelineFile {
     }
 }
 
-/// A recall source, validated.
+/// How the pipeline runs, checked: every part of it comes from the flags or the `--pipeline` file.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// The whole request's budget; a caller's smaller deadline shrinks it.
+    pub total: Duration,
+    pub features_budget: Duration,
+    pub cache_budget: Duration,
+    pub ranking_budget: Duration,
+    /// Score candidates with the ranking service; off serves the merged recall order (for comparisons).
+    pub rank: bool,
+    pub max_candidates: usize,
+    /// Fallback sources run while the merged list is shorter than this (or than the request's count).
+    pub min_candidates: usize,
+    /// How long hydrated items are kept in the gateway (zero: not kept, every hydration asks the feature service).
+    pub item_cache_ttl: Duration,
+    /// How long the popular list is kept (zero: asked for on every request that runs the source).
+    pub popular_ttl: Duration,
+    pub per_category: usize,
+    pub blocklist: HashSet<ItemId>,
+    /// Requests per window per user; None turns admission off.
+    pub rate_limit: Option<(u32, Duration)>,
+    /// Serve when the rate limiter cannot be asked.
+    pub rate_limit_fail_open: bool,
+    /// Impressions within the window that cap an item; None turns frequency control off.
+    pub frequency_cap: Option<(u32, Duration)>,
+    pub result_ttl: Duration,
+    /// The recall sources, in order.
+    pub sources: Vec<SourcePlan>,
+    /// Stages whose calls are hedged.
+    pub hedged: HashSet<String>,
+    pub hedge: HedgePolicy,
+    pub breaker: BreakerPolicy,
+}
+
+/// A recall source, checked.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SourcePlan {
     pub name: Name,
@@ -163,7 +200,7 @@ pub const HEDGEABLE: &[&str] = &[
 
 /// Checks the recall sources: unique valid names, k in range, shares that add up.
 pub fn validate_sources(
-    specs: &[SourceSpec],
+    specs: &[RawSourcePlan],
     default_budget: impl Fn(SourceKind) -> Duration,
 ) -> anyhow::Result<Vec<SourcePlan>> {
     anyhow::ensure!(
@@ -280,7 +317,7 @@ mod tests {
     }
 
     fn parse(text: &str) -> anyhow::Result<Vec<SourcePlan>> {
-        let f: PipelineFile = toml::from_str(text)?;
+        let f: RawPlan = toml::from_str(text)?;
         validate_sources(&f.recall.unwrap_or_default(), budget)
     }
 

@@ -9,7 +9,10 @@ use std::{
 };
 
 use reco_types::{StageReport, StageStatus};
+use tower::ServiceExt;
 use tracing::Instrument;
+
+use crate::resilience::{Call, StageService};
 
 /// The outcome of one stage: its value when it finished in time, and its report.
 pub struct Outcome<T> {
@@ -62,7 +65,7 @@ where
     report.elapsed = started.elapsed();
     let value = match result {
         Ok(Ok(v)) => Some(v),
-        // The client gives up at the same budget (it was sent as grpc-timeout), and may get there first.
+        // A client over gRPC gives up at the same budget (it was sent as grpc-timeout), and may get there first.
         Ok(Err(status))
             if status.code() == tonic::Code::DeadlineExceeded
                 || (status.code() == tonic::Code::Cancelled && report.elapsed >= budget) =>
@@ -91,9 +94,18 @@ where
     Outcome { value, report }
 }
 
-/// A tonic request that tells the downstream how long it has (`grpc-timeout`), so it can give up too.
-pub fn request<T>(message: T, budget: Duration) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(message);
-    r.set_timeout(budget);
-    r
+/// Runs a stage's one call as stage `name`: `budget` goes with the call (its deadline at the service, and what the
+/// service bounds its work by) and bounds the stage.
+pub async fn call<M, R>(
+    name: &str,
+    budget: Duration,
+    service: &StageService<M, R>,
+    message: M,
+) -> Outcome<R>
+where
+    M: Send + 'static,
+    R: Send + 'static,
+{
+    let call = service.clone().oneshot(Call { message, budget });
+    run(name, budget, call).await
 }

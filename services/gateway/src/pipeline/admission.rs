@@ -1,0 +1,128 @@
+//! The start of a request, in one call to the cache service: admission (the user's rate limit), the result cache
+//! and the user's recent clicks. Reported as three stages (`admission`, `result_cache`,
+//! `user_context.recent_clicks`), one span.
+//!
+//! Admission fails open by default: when the rate limiter cannot be asked the request is served and the report
+//! says so; with `--rate-limit-fail-closed` it is refused (UNAVAILABLE).
+
+use std::time::Duration;
+
+use reco_client::{BeginQuery, Begun, RateLimit};
+use reco_types::{Candidate, Event, StageReport, StageStatus};
+
+use super::{
+    request::{Refused, Run, Step},
+    stage::{self, Outcome},
+};
+use crate::{plan::Plan, resilience::StageService};
+
+/// The least time the call is worth making in.
+pub const MIN_TIME: Duration = Duration::from_millis(1);
+/// The call's span: one call serves three stages.
+const SPAN: &str = "admission+result_cache+recent_clicks";
+/// Recent clicks read with admission, to leave out items the user has just seen.
+const RECENT_CLICKS: u32 = 50;
+
+/// What the start of a request found.
+pub enum Start {
+    /// The answer cached for this user and scene.
+    Cached(Vec<Candidate>),
+    /// No cached answer to serve: the request goes on with the user's recent clicks, and their stage's report
+    /// (which goes after the user context's).
+    Fresh {
+        recent_clicks: Vec<Event>,
+        report: StageReport,
+    },
+}
+
+pub struct Admission {
+    begin: StageService<BeginQuery, Begun>,
+    budget: Duration,
+    rate_limit: Option<(u32, Duration)>,
+    fail_open: bool,
+}
+
+impl Admission {
+    pub fn new(plan: &Plan, begin: StageService<BeginQuery, Begun>) -> Self {
+        Self {
+            begin,
+            budget: plan.cache_budget,
+            rate_limit: plan.rate_limit,
+            fail_open: plan.rate_limit_fail_open,
+        }
+    }
+
+    pub async fn run(&self, run: &mut Run<'_>) -> Result<Start, Refused> {
+        let q = run.q;
+        // Explain and bypass_cache ask for a fresh answer.
+        let read_result = !(q.bypass_cache || q.explaining());
+        let budget = run.budget(Step::Admission, self.budget);
+        let query = BeginQuery {
+            user_id: q.user_id.clone(),
+            scene: q.scene.clone(),
+            rate_limit: self.rate_limit.map(|(limit, window)| RateLimit {
+                key: format!("recommend:{}", q.user_id),
+                limit,
+                window,
+                cost: 1,
+            }),
+            read_result,
+            recent_events: RECENT_CLICKS,
+        };
+        let mut begun = stage::call(SPAN, budget, &self.begin, query).await;
+        let admission = self.admission(run, &begun)?;
+        run.report(admission);
+        let mut report = begun.part("result_cache");
+        if !read_result {
+            let why = if q.explaining() {
+                "explain asks for a fresh answer"
+            } else {
+                "bypass_cache"
+            };
+            run.report(StageReport::skipped("result_cache", why));
+        } else {
+            let hit = begun.value.as_mut().and_then(|b| b.result.take());
+            match hit.filter(|h| !h.items.is_empty()) {
+                Some(hit) => {
+                    report.status = StageStatus::Cached;
+                    report.candidates_out = hit.items.len() as u32;
+                    run.report(report);
+                    return Ok(Start::Cached(hit.items));
+                }
+                None => run.report(report),
+            }
+        }
+        Ok(Start::Fresh {
+            report: begun.part("user_context.recent_clicks"),
+            recent_clicks: begun.value.map(|b| b.recent_events).unwrap_or_default(),
+        })
+    }
+
+    /// Admission from the rate check's part of the call: refused, admitted, or failed open or closed.
+    fn admission(&self, run: &Run<'_>, begun: &Outcome<Begun>) -> Result<StageReport, Refused> {
+        if self.rate_limit.is_none() {
+            return Ok(StageReport::skipped("admission", "rate limiting is off"));
+        }
+        let mut report = begun.part("admission");
+        match begun.value.as_ref().map(|b| b.rate) {
+            Some(Some(d)) if !d.allowed => Err(Refused::RateLimited {
+                user: run.q.user_id.clone(),
+                retry_after: d.retry_after,
+            }),
+            Some(Some(_)) => Ok(report),
+            // A cache service that answered without the rate check it was asked for cannot be trusted with it.
+            Some(None) | None if self.fail_open => {
+                if report.status == StageStatus::Ok {
+                    report.status = StageStatus::Error;
+                    report.detail = "the cache service did not answer the rate check".into();
+                }
+                report.detail = format!("{}; failed open", report.detail);
+                Ok(report)
+            }
+            Some(None) => Err(Refused::AdmissionUnavailable(
+                "the cache service did not answer the rate check".into(),
+            )),
+            None => Err(Refused::AdmissionUnavailable(report.detail)),
+        }
+    }
+}
