@@ -7,6 +7,7 @@ use std::{
     time::Duration,
 };
 
+pub use reco_cli::platform::Wiring;
 use reco_cli::platform::{Platform, PlatformConfig};
 use reco_proto::gateway::v1::{RecommendRequest, RecommendResponse, gateway_client::GatewayClient};
 use reco_server::TracedChannel;
@@ -43,6 +44,15 @@ impl TestPlatform {
     /// Starts every service with default settings and loads [`small_data`].
     pub async fn start() -> Self {
         Self::start_with(PlatformConfig::default()).await
+    }
+
+    /// [`TestPlatform::start`], with the gateway wired to the other services as `wiring` says.
+    pub async fn start_on(wiring: Wiring) -> Self {
+        Self::start_with(PlatformConfig {
+            wiring,
+            ..Default::default()
+        })
+        .await
     }
 
     /// Starts every service with `cfg` (its ports are ignored: every service gets a free one) and loads data.
@@ -194,4 +204,28 @@ pub fn oversize_features() -> reco_proto::common::v1::Features {
             })
             .collect(),
     }
+}
+
+/// Runs each named test, an `async fn(Wiring)`, on both wirings of the one-process platform: `in_process::name`
+/// and `over_grpc::name`. One suite, two setups, so that neither wiring can drift from the other.
+#[macro_export]
+macro_rules! on_both_wirings {
+    ($($name:ident),* $(,)?) => {
+        mod in_process {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::Wiring::InProcess).await
+                }
+            )*
+        }
+        mod over_grpc {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::Wiring::OverGrpc).await
+                }
+            )*
+        }
+    };
 }

@@ -4,11 +4,10 @@
 use std::time::Duration;
 
 use reco_cli::bench::{BenchConfig, Target, run};
-use reco_integration_tests::TestPlatform;
+use reco_integration_tests::{TestPlatform, Wiring};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn open_and_closed_loop_runs_account_for_every_call() {
-    let t = TestPlatform::start().await;
+async fn open_and_closed_loop_runs_account_for_every_call(wiring: Wiring) {
+    let t = TestPlatform::start_on(wiring).await;
     let snap = reco_integration_tests::small_data();
     let users: Vec<String> = snap.users.iter().map(|u| u.user_id.to_string()).collect();
     let items: Vec<String> = snap.items.iter().map(|i| i.item_id.to_string()).collect();
@@ -97,3 +96,5 @@ async fn open_and_closed_loop_runs_account_for_every_call() {
     }
     t.platform.shutdown().await.unwrap();
 }
+
+reco_integration_tests::on_both_wirings!(open_and_closed_loop_runs_account_for_every_call,);

@@ -4,9 +4,9 @@ use reco_cli::{
     eval,
     platform::{Platform, PlatformConfig},
 };
+use reco_integration_tests::Wiring;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_platform_beats_popularity_on_held_out_interactions() {
+async fn the_platform_beats_popularity_on_held_out_interactions(wiring: Wiring) {
     let data = reco_data::generate(&reco_data::GenConfig {
         users: 400,
         items: 300,
@@ -16,6 +16,7 @@ async fn the_platform_beats_popularity_on_held_out_interactions() {
     let split = eval::split(&data, eval::SplitConfig::default());
     assert!(split.held_out.len() > 300);
     let mut cfg = PlatformConfig::default();
+    cfg.wiring = wiring;
     reco_integration_tests::relax_budgets(&mut cfg.gateway);
     let platform = Platform::start(cfg).await.unwrap();
     reco_cli::load::load(reco_data::derive(&split.train, 5), &platform.addrs)
@@ -54,3 +55,5 @@ async fn the_platform_beats_popularity_on_held_out_interactions() {
     let _ = stop.send(());
     platform.shutdown().await.unwrap();
 }
+
+reco_integration_tests::on_both_wirings!(the_platform_beats_popularity_on_held_out_interactions,);

@@ -1,11 +1,10 @@
 //! The real grpcurl (1.8.6, v1alpha reflection only) against running services: list, describe, call.
 
-use reco_integration_tests::{APIS, TestPlatform, grpcurl, run_grpcurl, run_grpcurl_err};
+use reco_integration_tests::{APIS, TestPlatform, Wiring, grpcurl, run_grpcurl, run_grpcurl_err};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn grpcurl_lists_describes_and_calls_every_service() {
+async fn grpcurl_lists_describes_and_calls_every_service(wiring: Wiring) {
     let Some(bin) = grpcurl() else { return };
-    let t = TestPlatform::start().await;
+    let t = TestPlatform::start_on(wiring).await;
     for ((name, addr), (_, api)) in t.platform.addrs.all().into_iter().zip(APIS) {
         let addr = addr.to_string();
         let list = run_grpcurl(&bin, &["-plaintext", &addr, "list"]);
@@ -81,3 +80,5 @@ async fn grpcurl_lists_describes_and_calls_every_service() {
     assert_eq!(stats["dimension"], 64);
     t.platform.shutdown().await.unwrap();
 }
+
+reco_integration_tests::on_both_wirings!(grpcurl_lists_describes_and_calls_every_service,);

@@ -6,7 +6,7 @@ use opentelemetry_sdk::metrics::{
     InMemoryMetricExporter, PeriodicReader, SdkMeterProvider,
     data::{AggregatedMetrics, MetricData, ResourceMetrics},
 };
-use reco_integration_tests::{TestPlatform, ask};
+use reco_integration_tests::{TestPlatform, Wiring, ask};
 use reco_proto::gateway::v1::RecommendRequest;
 
 fn has(attrs: &[KeyValue], key: &str, value: &str) -> bool {
@@ -46,6 +46,7 @@ fn observed(metrics: &[ResourceMetrics], stage: &str, status: &str) -> (u64, u64
     (in_histogram, in_counter)
 }
 
+/// Both wirings in one test, one after the other: the meter provider is global to the process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_stage_records_its_latency_and_outcome() {
     let exporter = InMemoryMetricExporter::default();
@@ -54,7 +55,23 @@ async fn every_stage_records_its_latency_and_outcome() {
         .build();
     global::set_meter_provider(provider.clone());
 
-    let t = TestPlatform::start().await;
+    for (n, wiring) in [Wiring::InProcess, Wiring::OverGrpc]
+        .into_iter()
+        .enumerate()
+    {
+        let runs = 3 * (n as u64 + 1);
+        record_three(wiring, &provider, &exporter, runs).await;
+    }
+}
+
+/// Three Recommend calls; then every stage has been seen `runs` times since the test began.
+async fn record_three(
+    wiring: Wiring,
+    provider: &SdkMeterProvider,
+    exporter: &InMemoryMetricExporter,
+    runs: u64,
+) {
+    let t = TestPlatform::start_on(wiring).await;
     for _ in 0..3 {
         let r = t
             .recommend(RecommendRequest {
@@ -71,12 +88,12 @@ async fn every_stage_records_its_latency_and_outcome() {
     for stage in ["user_context.features", "recall.vector", "merge", "rank"] {
         assert_eq!(
             observed(&metrics, stage, "ok"),
-            (3, 3),
-            "{stage}: three timings in the histogram and three outcomes"
+            (runs, runs),
+            "{stage} {wiring:?}: a timing in the histogram and an outcome per call"
         );
     }
     let (timed, counted) = observed(&metrics, "recall.graph", "skipped");
-    assert_eq!(counted, 3, "skipped stages are counted");
+    assert_eq!(counted, runs, "skipped stages are counted");
     assert_eq!(timed, 0, "but not timed");
     t.platform.shutdown().await.unwrap();
 }

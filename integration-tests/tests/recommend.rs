@@ -3,7 +3,7 @@
 use std::{collections::HashSet, time::Duration};
 
 use reco_cli::platform::PlatformConfig;
-use reco_integration_tests::{TestPlatform, ask};
+use reco_integration_tests::{TestPlatform, Wiring, ask};
 use reco_proto::gateway::v1::{DropReason, RecommendRequest, StageStatus};
 use tonic::Code;
 
@@ -27,9 +27,8 @@ fn status(s: i32) -> StageStatus {
     StageStatus::try_from(s).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn recommend_returns_ten_ranked_items_with_a_report_per_stage() {
-    let t = TestPlatform::start().await;
+async fn recommend_returns_ten_ranked_items_with_a_report_per_stage(wiring: Wiring) {
+    let t = TestPlatform::start_on(wiring).await;
     let r = t.recommend(ask(&t.known_user)).await.unwrap();
 
     assert_eq!(r.items.len(), 10);
@@ -102,9 +101,8 @@ async fn recommend_returns_ten_ranked_items_with_a_report_per_stage() {
     t.platform.shutdown().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_input_is_invalid_argument_naming_the_field() {
-    let t = TestPlatform::start().await;
+async fn bad_input_is_invalid_argument_naming_the_field(wiring: Wiring) {
+    let t = TestPlatform::start_on(wiring).await;
     let cases = [
         (ask(""), "user_id"),
         (
@@ -155,9 +153,8 @@ async fn bad_input_is_invalid_argument_naming_the_field() {
     t.platform.shutdown().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unknown_user_gets_the_popular_items_as_a_cold_start() {
-    let t = TestPlatform::start().await;
+async fn an_unknown_user_gets_the_popular_items_as_a_cold_start(wiring: Wiring) {
+    let t = TestPlatform::start_on(wiring).await;
     let r = t.recommend(ask("never-seen-before")).await.unwrap();
     assert!(r.cold_start);
     assert!(!r.degraded);
@@ -180,9 +177,8 @@ async fn an_unknown_user_gets_the_popular_items_as_a_cold_start() {
     t.platform.shutdown().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_call_is_answered_from_the_result_cache() {
-    let t = TestPlatform::start().await;
+async fn a_second_call_is_answered_from_the_result_cache(wiring: Wiring) {
+    let t = TestPlatform::start_on(wiring).await;
     let first = t.recommend(ask(&t.known_user)).await.unwrap();
     assert!(!first.from_cache);
     // The cache write happens after the answer, off the response path: wait for it to land.
@@ -221,9 +217,8 @@ async fn a_second_call_is_answered_from_the_result_cache() {
     t.platform.shutdown().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn explain_says_why_each_candidate_is_in_or_out() {
-    let t = TestPlatform::start().await;
+async fn explain_says_why_each_candidate_is_in_or_out(wiring: Wiring) {
+    let t = TestPlatform::start_on(wiring).await;
     let r = t
         .recommend(RecommendRequest {
             explain: true,
@@ -258,10 +253,9 @@ async fn explain_says_why_each_candidate_is_in_or_out() {
     t.platform.shutdown().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_caller_deadline_shrinks_every_budget() {
+async fn a_caller_deadline_shrinks_every_budget(wiring: Wiring) {
     // Every stage is configured with 1 s (relaxed for debug builds); the caller allows 800 ms in all.
-    let t = TestPlatform::start().await;
+    let t = TestPlatform::start_on(wiring).await;
     let mut req = tonic::Request::new(RecommendRequest {
         bypass_cache: true,
         ..ask(&t.known_user)
@@ -281,28 +275,26 @@ async fn a_caller_deadline_shrinks_every_budget() {
     t.platform.shutdown().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ranking_down_degrades_to_recall_order_and_says_so() {
-    let t = TestPlatform::start().await;
+async fn ranking_down_degrades_to_recall_order_and_says_so(wiring: Wiring) {
+    let t = TestPlatform::start_on(wiring).await;
     // A second gateway over the same services, but with ranking pointed at a port nothing listens on.
     let dead = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap();
-    let mut cfg = reco_gateway::Config::default();
-    reco_integration_tests::relax_budgets(&mut cfg);
-    let a = &t.platform.addrs;
-    cfg.feature_addr = a.feature.to_string();
-    cfg.cache_addr = a.cache.to_string();
-    cfg.vector_addr = a.vector.to_string();
-    cfg.graph_addr = a.graph.to_string();
+    let mut cfg = t.platform.gateway_config.clone();
     cfg.ranking_addr = dead.to_string();
+    // Everything else as the platform's gateway reaches it (in process, or over gRPC).
+    let mut downstreams = t.platform.downstreams().unwrap();
+    downstreams.ranking = reco_gateway::grpc_downstreams(&cfg).unwrap().ranking;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(reco_gateway::build(&cfg).unwrap().serve(listener, async {
+    let gateway = reco_gateway::server(&cfg, downstreams).unwrap();
+    let server = tokio::spawn(gateway.serve(listener, async {
         let _ = stopped.await;
     }));
+    let a = &t.platform.addrs;
 
     let mut client = reco_proto::gateway::v1::gateway_client::GatewayClient::new(
         reco_server::channel(&addr.to_string()).unwrap(),
@@ -352,9 +344,9 @@ async fn ranking_down_degrades_to_recall_order_and_says_so() {
     t.platform.shutdown().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn over_the_rate_limit_is_resource_exhausted_with_retry_after() {
+async fn over_the_rate_limit_is_resource_exhausted_with_retry_after(wiring: Wiring) {
     let mut cfg = PlatformConfig::default();
+    cfg.wiring = wiring;
     cfg.gateway.rate_limit = 3;
     cfg.gateway.rate_window_ms = 60_000;
     let t = TestPlatform::start_with(cfg).await;
@@ -381,9 +373,8 @@ async fn over_the_rate_limit_is_resource_exhausted_with_retry_after() {
     t.platform.shutdown().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn explain_item_ids_says_why_a_chosen_item_is_or_is_not_in_the_top_ten() {
-    let t = TestPlatform::start().await;
+async fn explain_item_ids_says_why_a_chosen_item_is_or_is_not_in_the_top_ten(wiring: Wiring) {
+    let t = TestPlatform::start_on(wiring).await;
     let full = t
         .recommend(RecommendRequest {
             explain: true,
@@ -484,12 +475,12 @@ mode = "fallback"
 k = 100
 "#;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pipeline_file_sets_on_demand_sources_and_the_fallback_order() {
+async fn a_pipeline_file_sets_on_demand_sources_and_the_fallback_order(wiring: Wiring) {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("pipeline.toml");
     std::fs::write(&file, PIPELINE).unwrap();
     let mut cfg = PlatformConfig::default();
+    cfg.wiring = wiring;
     cfg.gateway.pipeline = Some(file);
     let t = TestPlatform::start_with(cfg).await;
     let report = |r: &reco_proto::gateway::v1::RecommendResponse, name: &str| {
@@ -555,7 +546,7 @@ async fn a_pipeline_file_sets_on_demand_sources_and_the_fallback_order() {
     t.platform.shutdown().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn a_bad_pipeline_file_stops_the_gateway_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("pipeline.toml");
@@ -581,9 +572,9 @@ async fn a_bad_pipeline_file_stops_the_gateway_with_the_reason() {
     assert!(e.contains("pipeline.toml") && e.contains("line 1"), "{e}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn items_answered_are_recorded_as_impressions_and_capped_next_time() {
+async fn items_answered_are_recorded_as_impressions_and_capped_next_time(wiring: Wiring) {
     let mut cfg = PlatformConfig::default();
+    cfg.wiring = wiring;
     cfg.gateway.frequency_cap = 1;
     let t = TestPlatform::start_with(cfg).await;
     let first = t
@@ -629,3 +620,63 @@ async fn items_answered_are_recorded_as_impressions_and_capped_next_time() {
     );
     t.platform.shutdown().await.unwrap();
 }
+
+/// The two wirings are one platform: for the same data, every user gets the same items with the same scores and
+/// sources, and the same stages run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_wirings_give_the_same_answers() {
+    let (a, b) = tokio::join!(
+        TestPlatform::start_on(Wiring::InProcess),
+        TestPlatform::start_on(Wiring::OverGrpc)
+    );
+    let users: Vec<String> = (0..40)
+        .map(|i| format!("u{i}"))
+        .chain([a.known_user.clone(), "never-seen-before".into()])
+        .collect();
+    for user in &users {
+        let req = RecommendRequest {
+            bypass_cache: true,
+            include_graph: true,
+            ..ask(user)
+        };
+        let (x, y) = tokio::join!(a.recommend(req.clone()), b.recommend(req));
+        let (x, y) = (x.unwrap(), y.unwrap());
+        assert!(!x.degraded && !y.degraded, "{user}");
+        assert_eq!(
+            x.items, y.items,
+            "{user}: the same items, scores and sources"
+        );
+        assert_eq!(
+            (x.cold_start, &x.model_version),
+            (y.cold_start, &y.model_version)
+        );
+        let outcome =
+            |r: &reco_proto::gateway::v1::RecommendResponse| -> Vec<(String, i32, u32, u32)> {
+                r.stages
+                    .iter()
+                    .map(|s| (s.stage.clone(), s.status, s.candidates_in, s.candidates_out))
+                    .collect()
+            };
+        assert_eq!(
+            outcome(&x),
+            outcome(&y),
+            "{user}: the same stages, candidates in and out"
+        );
+    }
+    a.platform.shutdown().await.unwrap();
+    b.platform.shutdown().await.unwrap();
+}
+
+reco_integration_tests::on_both_wirings!(
+    recommend_returns_ten_ranked_items_with_a_report_per_stage,
+    bad_input_is_invalid_argument_naming_the_field,
+    an_unknown_user_gets_the_popular_items_as_a_cold_start,
+    a_second_call_is_answered_from_the_result_cache,
+    explain_says_why_each_candidate_is_in_or_out,
+    a_caller_deadline_shrinks_every_budget,
+    ranking_down_degrades_to_recall_order_and_says_so,
+    over_the_rate_limit_is_resource_exhausted_with_retry_after,
+    explain_item_ids_says_why_a_chosen_item_is_or_is_not_in_the_top_ten,
+    a_pipeline_file_sets_on_demand_sources_and_the_fallback_order,
+    items_answered_are_recorded_as_impressions_and_capped_next_time,
+);

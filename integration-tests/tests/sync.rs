@@ -5,7 +5,7 @@ use std::{path::Path, sync::Arc};
 
 use reco_cli::load::{LoadOptions, Targets, load_with};
 use reco_data::read::Format;
-use reco_integration_tests::{TestPlatform, ask};
+use reco_integration_tests::{TestPlatform, Wiring, ask};
 use reco_proto::{
     feature::v1::{
         GetUserContextRequest, ListVersionsRequest, feature_service_client::FeatureServiceClient,
@@ -86,9 +86,10 @@ async fn has_features(t: &TestPlatform, user: &str) -> bool {
     context(t, user).await.features.is_some()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_bad_row_is_reported_by_line_and_a_strict_load_leaves_the_previous_snapshot_serving() {
-    let t = TestPlatform::start().await;
+async fn a_bad_row_is_reported_by_line_and_a_strict_load_leaves_the_previous_snapshot_serving(
+    wiring: Wiring,
+) {
+    let t = TestPlatform::start_on(wiring).await;
     let to = Targets::from(&t.platform.addrs);
     let dir = tempfile::tempdir().unwrap();
     movielens_with_a_bad_row(dir.path());
@@ -159,9 +160,8 @@ async fn a_bad_row_is_reported_by_line_and_a_strict_load_leaves_the_previous_sna
     t.platform.shutdown().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_load_interrupted_half_way_leaves_the_old_snapshot_answering() {
-    let t = TestPlatform::start().await;
+async fn a_load_interrupted_half_way_leaves_the_old_snapshot_answering(wiring: Wiring) {
+    let t = TestPlatform::start_on(wiring).await;
     let before = active_version(&t).await;
     let vectors_before = vector_stats(&t).await;
     // A bigger snapshot whose users are new, loaded as version "next", interrupted after the first user batch.
@@ -230,9 +230,9 @@ fn reco_types_id(s: &str) -> reco_types::UserId {
     reco_types::UserId::parse("user_id", s).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_the_hot_key_cache_on_a_sync_switch_is_seen_at_once() {
+async fn with_the_hot_key_cache_on_a_sync_switch_is_seen_at_once(wiring: Wiring) {
     let mut cfg = reco_cli::platform::PlatformConfig::default();
+    cfg.wiring = wiring;
     cfg.feature.cache_ttl_ms = 60_000;
     let t = TestPlatform::start_with(cfg).await;
     assert!(has_features(&t, &t.known_user).await, "cached now");
@@ -256,3 +256,9 @@ async fn with_the_hot_key_cache_on_a_sync_switch_is_seen_at_once() {
     assert!(has_features(&t, "ml-a").await);
     t.platform.shutdown().await.unwrap();
 }
+
+reco_integration_tests::on_both_wirings!(
+    a_bad_row_is_reported_by_line_and_a_strict_load_leaves_the_previous_snapshot_serving,
+    a_load_interrupted_half_way_leaves_the_old_snapshot_answering,
+    with_the_hot_key_cache_on_a_sync_switch_is_seen_at_once,
+);

@@ -23,20 +23,14 @@ use crate::platform::Platform;
 pub async fn start_unranked_gateway(
     platform: &Platform,
 ) -> anyhow::Result<(String, tokio::sync::oneshot::Sender<()>)> {
-    let a = &platform.addrs;
     let cfg = reco_gateway::Config {
-        feature_addr: a.feature.to_string(),
-        cache_addr: a.cache.to_string(),
-        vector_addr: a.vector.to_string(),
-        graph_addr: a.graph.to_string(),
-        ranking_addr: a.ranking.to_string(),
         no_rank: true,
         ..platform.gateway_config.clone()
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?.to_string();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = reco_gateway::build(&cfg)?;
+    let server = platform.gateway(&cfg)?;
     tokio::spawn(server.serve(listener, async {
         let _ = stopped.await;
     }));

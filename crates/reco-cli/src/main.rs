@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 use reco_cli::{
     dataset::DataArgs,
     load,
-    platform::{Platform, PlatformConfig},
+    platform::{Platform, PlatformConfig, Wiring},
     show,
 };
 use reco_proto::gateway::v1::{RecommendRequest, gateway_client::GatewayClient};
@@ -415,6 +415,10 @@ struct UpArgs {
     /// With --processes: the services call each other over TCP, not over Unix sockets (to compare the two).
     #[arg(long, requires = "processes")]
     tcp_only: bool,
+    /// In one process, the gateway calls the other services over loopback gRPC, as separate deployments do,
+    /// instead of calling their implementations directly (to compare the two).
+    #[arg(long, conflicts_with = "processes")]
+    over_grpc: bool,
 }
 
 #[derive(clap::Args)]
@@ -469,6 +473,11 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     } else {
         Running::InProcess(Box::new(
             Platform::start(PlatformConfig {
+                wiring: if args.over_grpc {
+                    Wiring::OverGrpc
+                } else {
+                    Wiring::InProcess
+                },
                 host: args.host,
                 base_port: args.base_port,
                 data_dir: args.data_dir.clone(),
@@ -501,10 +510,10 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
 
     println!(
         "\nreco is up (embedded backends, {}):",
-        if args.processes {
-            "one process per service"
-        } else {
-            "all services in this process"
+        match &platform {
+            Running::Processes(_) => "one process per service".to_string(),
+            Running::InProcess(p) =>
+                format!("all services in this process, called {}", p.wiring.as_str()),
         }
     );
     for (name, addr) in a.all() {

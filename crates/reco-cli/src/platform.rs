@@ -1,8 +1,10 @@
-//! All six services in one process, each on its own listener, exactly as they run apart: the gateway reaches the
-//! others over gRPC on loopback. Used by `reco up` and by the integration tests.
+//! All six services in one process, each serving its own gRPC API on its own listener. The gateway reaches the
+//! others in process (by default: it calls their implementations directly, with no encoding and no socket) or over
+//! gRPC on loopback, as separate deployments do. Used by `reco up` and by the integration tests.
 //!
 //! ```text
-//!   gateway :50051 ──▶ feature :50052, cache :50053, vector-recall :50054, graph-recall :50055, ranking :50056
+//!   gateway :50051 ──(in process | loopback gRPC)──▶ feature :50052, cache :50053, vector-recall :50054,
+//!                                                     graph-recall :50055, ranking :50056
 //! ```
 
 use std::{net::SocketAddr, time::Duration};
@@ -20,9 +22,29 @@ pub const SERVICES: [&str; 6] = [
     "gateway",
 ];
 
+/// How the gateway of a one-process platform reaches the other services.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Wiring {
+    /// A direct call into each service's implementation.
+    #[default]
+    InProcess,
+    /// gRPC over loopback, as separate deployments do.
+    OverGrpc,
+}
+
+impl Wiring {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Wiring::InProcess => "in process",
+            Wiring::OverGrpc => "over loopback gRPC",
+        }
+    }
+}
+
 /// How to run the platform.
 #[derive(Clone, Debug)]
 pub struct PlatformConfig {
+    pub wiring: Wiring,
     pub host: std::net::IpAddr,
     /// Where durable embedded stores keep their files; None uses a temporary directory removed at shutdown.
     pub data_dir: Option<std::path::PathBuf>,
@@ -39,6 +61,7 @@ pub struct PlatformConfig {
 impl Default for PlatformConfig {
     fn default() -> Self {
         Self {
+            wiring: Wiring::default(),
             host: [127, 0, 0, 1].into(),
             data_dir: None,
             base_port: 0,
@@ -84,6 +107,9 @@ pub struct Platform {
     _data_dir: Option<tempfile::TempDir>,
     /// The gateway's settings, for starting another gateway over the same services.
     pub gateway_config: reco_gateway::Config,
+    pub wiring: Wiring,
+    /// The services' own implementations, as the gateway calls them in process.
+    in_process: reco_gateway::Downstreams,
     stop: watch::Sender<bool>,
     stop_gateway: watch::Sender<bool>,
     tasks: Vec<(
@@ -151,29 +177,45 @@ impl Platform {
                 let _ = rx.wait_for(|s| *s).await;
             }
         };
+        let feature = reco_feature::open(&cfg.feature).await?;
+        let cache = reco_cache::open(&cfg.cache)?;
+        let vector = reco_vector_recall::open(&cfg.vector).await?;
+        let graph = reco_graph_recall::open(&cfg.graph).await?;
+        let ranking = reco_ranking::open(&cfg.ranking).await?;
+        let in_process = reco_gateway::Downstreams {
+            feature: feature.clone(),
+            cache: cache.clone(),
+            vector: vector.clone(),
+            graph: graph.clone(),
+            ranking: ranking.clone(),
+        };
+        let gateway = match cfg.wiring {
+            Wiring::InProcess => reco_gateway::server(&cfg.gateway, in_process.clone())?,
+            Wiring::OverGrpc => reco_gateway::build(&cfg.gateway)?,
+        };
         let servers = [
             (
                 "feature",
-                reco_feature::build(&cfg.feature).await?,
+                reco_feature::server(&cfg.feature, feature),
                 feature_l,
             ),
-            ("cache", reco_cache::build(&cfg.cache)?, cache_l),
+            ("cache", reco_cache::server(&cfg.cache, cache), cache_l),
             (
                 "vector-recall",
-                reco_vector_recall::build(&cfg.vector).await?,
+                reco_vector_recall::server(&cfg.vector, vector),
                 vector_l,
             ),
             (
                 "graph-recall",
-                reco_graph_recall::build(&cfg.graph).await?,
+                reco_graph_recall::server(&cfg.graph, graph),
                 graph_l,
             ),
             (
                 "ranking",
-                reco_ranking::build(&cfg.ranking).await?,
+                reco_ranking::server(&cfg.ranking, ranking),
                 ranking_l,
             ),
-            ("gateway", reco_gateway::build(&cfg.gateway)?, gateway_l),
+            ("gateway", gateway, gateway_l),
         ];
         let mut tasks = Vec::new();
         for (name, server, listener) in servers {
@@ -188,6 +230,8 @@ impl Platform {
             addrs,
             _data_dir: temp_dir,
             gateway_config: cfg.gateway.clone(),
+            wiring: cfg.wiring,
+            in_process,
             stop,
             stop_gateway,
             tasks,
@@ -198,6 +242,30 @@ impl Platform {
                 .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
         }
         Ok(platform)
+    }
+
+    /// How this platform's gateway reaches the other services: their implementations in process, or gRPC clients of
+    /// their addresses.
+    pub fn downstreams(&self) -> anyhow::Result<reco_gateway::Downstreams> {
+        match self.wiring {
+            Wiring::InProcess => Ok(self.in_process.clone()),
+            Wiring::OverGrpc => reco_gateway::grpc_downstreams(&self.gateway_config),
+        }
+    }
+
+    /// Another gateway over the same services, wired as this platform's is, with `config`'s settings.
+    pub fn gateway(
+        &self,
+        config: &reco_gateway::Config,
+    ) -> anyhow::Result<reco_server::GrpcServer> {
+        let mut config = config.clone();
+        let g = &self.gateway_config;
+        config.feature_addr = g.feature_addr.clone();
+        config.cache_addr = g.cache_addr.clone();
+        config.vector_addr = g.vector_addr.clone();
+        config.graph_addr = g.graph_addr.clone();
+        config.ranking_addr = g.ranking_addr.clone();
+        reco_gateway::server(&config, self.downstreams()?)
     }
 
     /// Drains and stops every service, reporting the first that failed.
