@@ -15,8 +15,10 @@ async fn the_platform_beats_popularity_on_held_out_interactions(wiring: Wiring) 
     });
     let split = eval::split(&data, eval::SplitConfig::default());
     assert!(split.held_out.len() > 300);
-    let mut cfg = PlatformConfig::default();
-    cfg.wiring = wiring;
+    let mut cfg = PlatformConfig {
+        wiring,
+        ..Default::default()
+    };
     reco_integration_tests::relax_budgets(&mut cfg.gateway);
     let platform = Platform::start(cfg).await.unwrap();
     reco_cli::load::load(reco_data::derive(&split.train, 5), &platform.addrs)

@@ -345,8 +345,10 @@ async fn ranking_down_degrades_to_recall_order_and_says_so(wiring: Wiring) {
 }
 
 async fn over_the_rate_limit_is_resource_exhausted_with_retry_after(wiring: Wiring) {
-    let mut cfg = PlatformConfig::default();
-    cfg.wiring = wiring;
+    let mut cfg = PlatformConfig {
+        wiring,
+        ..Default::default()
+    };
     cfg.gateway.rate_limit = 3;
     cfg.gateway.rate_window_ms = 60_000;
     let t = TestPlatform::start_with(cfg).await;
@@ -479,8 +481,10 @@ async fn a_pipeline_file_sets_on_demand_sources_and_the_fallback_order(wiring: W
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("pipeline.toml");
     std::fs::write(&file, PIPELINE).unwrap();
-    let mut cfg = PlatformConfig::default();
-    cfg.wiring = wiring;
+    let mut cfg = PlatformConfig {
+        wiring,
+        ..Default::default()
+    };
     cfg.gateway.pipeline = Some(file);
     let t = TestPlatform::start_with(cfg).await;
     let report = |r: &reco_proto::gateway::v1::RecommendResponse, name: &str| {
@@ -573,8 +577,10 @@ async fn a_bad_pipeline_file_stops_the_gateway_with_the_reason() {
 }
 
 async fn items_answered_are_recorded_as_impressions_and_capped_next_time(wiring: Wiring) {
-    let mut cfg = PlatformConfig::default();
-    cfg.wiring = wiring;
+    let mut cfg = PlatformConfig {
+        wiring,
+        ..Default::default()
+    };
     cfg.gateway.frequency_cap = 1;
     let t = TestPlatform::start_with(cfg).await;
     let first = t

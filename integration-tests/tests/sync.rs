@@ -231,8 +231,10 @@ fn reco_types_id(s: &str) -> reco_types::UserId {
 }
 
 async fn with_the_hot_key_cache_on_a_sync_switch_is_seen_at_once(wiring: Wiring) {
-    let mut cfg = reco_cli::platform::PlatformConfig::default();
-    cfg.wiring = wiring;
+    let mut cfg = reco_cli::platform::PlatformConfig {
+        wiring,
+        ..Default::default()
+    };
     cfg.feature.cache_ttl_ms = 60_000;
     let t = TestPlatform::start_with(cfg).await;
     assert!(has_features(&t, &t.known_user).await, "cached now");
