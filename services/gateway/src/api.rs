@@ -7,8 +7,8 @@ use reco_types::{FeatureVersion, ItemId, Scene, UserId, ValidationError};
 use tonic::{Request, Response, Status};
 
 use crate::{
-    Error,
     budget::parse_grpc_timeout,
+    error::Error,
     merge::DropReason,
     pipeline::{Pipeline, Query},
 };

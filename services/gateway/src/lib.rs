@@ -25,7 +25,6 @@ use std::sync::Arc;
 
 use api::GatewayApi;
 pub use config::{Config, DEFAULT_PORT};
-use error::Error;
 use pipeline::Pipeline;
 pub use reco_client::Downstreams;
 use reco_client::grpc::{GrpcCache, GrpcFeature, GrpcGraphRecall, GrpcRanking, GrpcVectorRecall};

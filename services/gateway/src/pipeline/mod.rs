@@ -29,6 +29,8 @@ mod request;
 mod rerank;
 mod sources;
 mod stage;
+#[cfg(test)]
+mod tests;
 mod user_context;
 
 use std::{sync::Arc, time::Instant};
