@@ -502,6 +502,7 @@ fn run(name: &str, base: Vec<Vec<f32>>, qs: Vec<Vec<f32>>, rt: &tokio::runtime::
             }
         }
     }
+    let sealing = seal_gain(&index, &queries, &truth, &slices, rt);
     // The next build's threads inherit this thread's cores.
     rustix::thread::sched_setaffinity(None, &all).expect("unpin");
     let mine: Vec<Point> = mine.iter().map(|t| t.point(queries.len())).collect();
@@ -528,6 +529,12 @@ fn run(name: &str, base: Vec<Vec<f32>>, qs: Vec<Vec<f32>>, rt: &tokio::runtime::
             );
         }
     }
+    let (sealed, unsealed) = sealing;
+    println!(
+        "  sealed graph against the same graph unsealed (saved and loaded back, in usearch's own memory), ef \
+         {SEAL_EF}, in turns on one core: {sealed:.0} / {unsealed:.0} QPS/core: ratio {:.2}",
+        sealed / unsealed
+    );
     match (
         qps_at_target(&mine),
         theirs.as_ref().and_then(|(_, t)| qps_at_target(t)),
@@ -543,6 +550,53 @@ fn run(name: &str, base: Vec<Vec<f32>>, qs: Vec<Vec<f32>>, rt: &tokio::runtime::
             b.is_some()
         ),
     }
+}
+
+/// The ef at which sealing is measured.
+const SEAL_EF: usize = 128;
+
+/// What sealing buys: QPS of `sealed` and of the same graph loaded back from disk (which leaves it in usearch's own
+/// memory, on 4 KB pages unless the kernel gives huge pages to every allocation), slice by slice in turns, each
+/// slice's fastest of SWEEPS passes.
+fn seal_gain(
+    sealed: &HnswIndex,
+    queries: &[Embedding],
+    truth: &[Vec<u32>],
+    slices: &[std::ops::Range<usize>],
+    rt: &tokio::runtime::Runtime,
+) -> (f64, f64) {
+    let dir = tempfile::tempdir().unwrap();
+    sealed.save(dir.path()).unwrap();
+    let metric = if precision() == Precision::I8 {
+        Metric::Cosine
+    } else {
+        Metric::InnerProduct
+    };
+    let unsealed = HnswIndex::load(dir.path(), 64, metric)
+        .unwrap()
+        .expect("the index just saved");
+    let mut a = Tally::new(SEAL_EF, slices.len());
+    let mut b = Tally::new(SEAL_EF, slices.len());
+    for sweep in 0..SWEEPS {
+        for (s, range) in slices.iter().enumerate() {
+            // Which goes first alternates, so neither always runs on a warmer cache.
+            let first_sealed = (sweep + s) % 2 == 0;
+            for turn in [first_sealed, !first_sealed] {
+                let (index, tally) = if turn {
+                    (sealed, &mut a)
+                } else {
+                    (&unsealed, &mut b)
+                };
+                tally.add(
+                    s,
+                    pass_ours(index, queries, truth, SEAL_EF, range.clone(), rt),
+                );
+            }
+        }
+    }
+    let (a, b) = (a.point(queries.len()), b.point(queries.len()));
+    assert_eq!(a.recall, b.recall, "one graph, two homes: the same answers");
+    (a.qps, b.qps)
 }
 
 fn main() {

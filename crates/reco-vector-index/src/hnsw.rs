@@ -44,7 +44,7 @@ pub enum Precision {
     I8,
 }
 
-/// Graph parameters (DESIGN.md: m = 16, ef_construction = 256, as the OpenSearch index).
+/// Graph parameters (docs/architecture.md: m = 16, ef_construction = 256, as the OpenSearch index).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HnswParams {
     /// Links per node.

@@ -506,10 +506,20 @@ reco_server::delegate_rpcs! { CacheService => CacheApi {
 /// values, with nothing encoded.
 #[async_trait]
 impl reco_client::Cache for CacheApi {
+    #[tracing::instrument(
+        name = "in_process",
+        skip_all,
+        fields(service = "cache", rpc = "/reco.cache.v1.CacheService/BeginRecommend")
+    )]
     async fn begin(&self, q: BeginQuery, _budget: Duration) -> reco_client::Result<Begun> {
         Ok(self.begin(q).await?)
     }
 
+    #[tracing::instrument(
+        name = "in_process",
+        skip_all,
+        fields(service = "cache", rpc = "/reco.cache.v1.CacheService/FilterCapped")
+    )]
     async fn filter_capped(
         &self,
         q: CapQuery,
@@ -518,6 +528,14 @@ impl reco_client::Cache for CacheApi {
         Ok(self.capped(q).await?)
     }
 
+    #[tracing::instrument(
+        name = "in_process",
+        skip_all,
+        fields(
+            service = "cache",
+            rpc = "/reco.cache.v1.CacheService/PutRecommendationsBatch"
+        )
+    )]
     async fn write(&self, w: Writes, _budget: Duration) -> reco_client::Result<()> {
         Ok(self.write(w).await?)
     }

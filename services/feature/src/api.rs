@@ -343,6 +343,14 @@ reco_server::delegate_rpcs! { FeatureService => FeatureApi {
 /// values, with nothing encoded.
 #[async_trait]
 impl reco_client::Feature for FeatureApi {
+    #[tracing::instrument(
+        name = "in_process",
+        skip_all,
+        fields(
+            service = "feature",
+            rpc = "/reco.feature.v1.FeatureService/GetUserContext"
+        )
+    )]
     async fn user_context(
         &self,
         q: UserContextQuery,
@@ -359,6 +367,14 @@ impl reco_client::Feature for FeatureApi {
             .await?)
     }
 
+    #[tracing::instrument(
+        name = "in_process",
+        skip_all,
+        fields(
+            service = "feature",
+            rpc = "/reco.feature.v1.FeatureService/BatchGetItemFeatures"
+        )
+    )]
     async fn items(&self, q: ItemsQuery, _budget: Duration) -> reco_client::Result<Vec<Item>> {
         let ItemsQuery {
             item_ids,
@@ -373,6 +389,14 @@ impl reco_client::Feature for FeatureApi {
             .map_err(Error::from)?)
     }
 
+    #[tracing::instrument(
+        name = "in_process",
+        skip_all,
+        fields(
+            service = "feature",
+            rpc = "/reco.feature.v1.FeatureService/GetPopularItems"
+        )
+    )]
     async fn popular(&self, q: PopularQuery, _budget: Duration) -> reco_client::Result<Vec<Hit>> {
         let PopularQuery {
             k,

@@ -182,6 +182,14 @@ reco_server::delegate_rpcs! { GraphRecall => GraphApi {
 /// default strategies, bounded by the caller's budget, with nothing encoded.
 #[async_trait]
 impl reco_client::GraphRecall for GraphApi {
+    #[tracing::instrument(
+        name = "in_process",
+        skip_all,
+        fields(
+            service = "graph-recall",
+            rpc = "/reco.graph_recall.v1.GraphRecall/Recall"
+        )
+    )]
     async fn recall(&self, q: GraphQuery, _budget: Duration) -> reco_client::Result<Vec<Hit>> {
         let GraphQuery {
             user_id,

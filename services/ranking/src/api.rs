@@ -222,6 +222,11 @@ reco_server::delegate_rpcs! { Ranking => RankingApi {
 /// `Arc<RankItem>`s, so nothing is encoded, decoded or looked up by reference.
 #[async_trait]
 impl reco_client::Ranking for RankingApi {
+    #[tracing::instrument(
+        name = "in_process",
+        skip_all,
+        fields(service = "ranking", rpc = "/reco.ranking.v1.Ranking/Rank")
+    )]
     async fn rank(
         &self,
         input: Arc<RankInput>,

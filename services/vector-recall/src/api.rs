@@ -229,6 +229,14 @@ reco_server::delegate_rpcs! { VectorRecall => VectorApi {
 /// domain values, with nothing encoded.
 #[async_trait]
 impl reco_client::VectorRecall for VectorApi {
+    #[tracing::instrument(
+        name = "in_process",
+        skip_all,
+        fields(
+            service = "vector-recall",
+            rpc = "/reco.vector_recall.v1.VectorRecall/Search"
+        )
+    )]
     async fn search(&self, q: SearchQuery, _budget: Duration) -> reco_client::Result<Vec<Hit>> {
         let SearchQuery { query, k, filter } = q;
         let vector = match query {

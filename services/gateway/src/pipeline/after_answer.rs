@@ -8,7 +8,7 @@ use reco_client::{Cache, ImpressionWrite, ResultWrite, Writes};
 use reco_types::Candidate;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::task::TaskTracker;
-use tracing::warn;
+use tracing::{Instrument, warn};
 
 use super::request::{Answer, Query};
 use crate::{
@@ -137,7 +137,9 @@ async fn send(cache: &dyn Cache, batch: Vec<Write>) {
             Write::Impressions(i) => writes.impressions.push(i),
         }
     }
-    if let Err(error) = cache.write(writes, BATCH_TIMEOUT).await {
+    // A batch serves many requests: its span stands alone, not under any one request's.
+    let span = tracing::info_span!("after_answer", writes = n);
+    if let Err(error) = cache.write(writes, BATCH_TIMEOUT).instrument(span).await {
         warn!(%error, writes = n, "result cache and impression writes failed");
     }
 }
