@@ -371,8 +371,8 @@ impl HnswIndex {
 
     /// Moves the graph (vectors and links) into one block of anonymous memory that the kernel is asked to back
     /// with 2 MB pages, and serves it from there. A search reads a few thousand vectors and link lists at random
-    /// places, and over 4 KB pages many of them also miss the TLB: with huge pages a 200,000-item graph answers about
-    /// 15% more queries per second (BENCHMARKS.md). Called when an index starts serving: on activation, after a
+    /// places, and over 4 KB pages many of them also miss the TLB (the ann bench measures the sealed graph against
+    /// the same graph unsealed: BENCHMARKS.md). Called when an index starts serving: on activation, after a
     /// background rebuild and after a load. usearch can only read a graph held in memory it does not own, so the
     /// next write first copies the graph back into usearch's own memory ([`HnswIndex::unseal`]); the next
     /// activation or rebuild seals it again.
