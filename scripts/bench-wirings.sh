@@ -22,35 +22,12 @@ while [ $# -gt 0 ]; do
   shift
 done
 
-target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
+. scripts/bench-common.sh
 out="$target_dir/bench-results/wirings"
 mkdir -p "$out"
-cargo build --release -p reco-cli
-reco="$target_dir/release/reco"
-
-data=()
-if [ -d ../shared/datasets/ml-latest-small ]; then
-  data=(--dataset ../shared/datasets/ml-latest-small)
-fi
 
 # Two base ports, each with six free ports after it.
-read -r port_a port_b < <(python3 -c 'import socket
-found = []
-for p in range(56051, 60000, 10):
-    ok = True
-    for q in range(p, p + 6):
-        s = socket.socket()
-        try:
-            s.bind(("127.0.0.1", q))
-        except OSError:
-            ok = False
-        finally:
-            s.close()
-    if ok:
-        found.append(p)
-    if len(found) == 2:
-        break
-print(*found)')
+read -r port_a port_b < <(free_base_ports 2 56051)
 
 echo "== machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2), $(git rev-parse --short HEAD 2>/dev/null)"
 

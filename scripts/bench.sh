@@ -24,32 +24,12 @@ while [ $# -gt 0 ]; do
   shift
 done
 
-target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
+. scripts/bench-common.sh
 out="$target_dir/bench-results"
 mkdir -p "$out"
-cargo build --release -p reco-cli
-reco="$target_dir/release/reco"
-
-data=()
-if [ -d ../shared/datasets/ml-latest-small ]; then
-  data=(--dataset ../shared/datasets/ml-latest-small)
-fi
 
 # A base port with six free ports after it.
-port=$(python3 -c 'import socket
-for p in range(57051, 60000, 10):
-    ok = True
-    for q in range(p, p + 6):
-        s = socket.socket()
-        try:
-            s.bind(("127.0.0.1", q))
-        except OSError:
-            ok = False
-        finally:
-            s.close()
-    if ok:
-        print(p)
-        break')
+port=$(free_base_ports 1 57051)
 
 # The same CPU-bound loop every time: its time says how fast the machine is at the moment.
 speed() {

@@ -192,6 +192,16 @@ fn precision() -> Precision {
     }
 }
 
+/// The metric our index is built with, and loaded back with: cosine for i8 storage, inner product otherwise (the
+/// vectors are unit length).
+fn metric() -> Metric {
+    if precision() == Precision::I8 {
+        Metric::Cosine
+    } else {
+        Metric::InnerProduct
+    }
+}
+
 /// Our index over `base`, built and sealed as the service builds a bulk load; the build's seconds.
 fn build_ours(base: &[Vec<f32>], rt: &tokio::runtime::Runtime) -> (f64, HnswIndex) {
     let params = HnswParams {
@@ -201,12 +211,7 @@ fn build_ours(base: &[Vec<f32>], rt: &tokio::runtime::Runtime) -> (f64, HnswInde
         precision: precision(),
         rescore: std::env::var("RECO_BENCH_RESCORE").as_deref() == Ok("1"),
     };
-    let metric = if params.precision == Precision::I8 {
-        Metric::Cosine
-    } else {
-        Metric::InnerProduct
-    };
-    let index = HnswIndex::new(64, metric, params).unwrap();
+    let index = HnswIndex::new(64, metric(), params).unwrap();
     let items: Vec<IndexedItem> = base
         .iter()
         .enumerate()
@@ -567,12 +572,7 @@ fn seal_gain(
 ) -> (f64, f64) {
     let dir = tempfile::tempdir().unwrap();
     sealed.save(dir.path()).unwrap();
-    let metric = if precision() == Precision::I8 {
-        Metric::Cosine
-    } else {
-        Metric::InnerProduct
-    };
-    let unsealed = HnswIndex::load(dir.path(), 64, metric)
+    let unsealed = HnswIndex::load(dir.path(), 64, metric())
         .unwrap()
         .expect("the index just saved");
     let mut a = Tally::new(SEAL_EF, slices.len());
