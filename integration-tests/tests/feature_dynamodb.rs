@@ -48,6 +48,7 @@ async fn the_platform_serves_recommendations_from_dynamodb() {
             kind: "click".into(),
             timestamp_ms: 4_102_444_800_000,
             weight: 1.0,
+            event_id: String::new(),
         }],
     })
     .await

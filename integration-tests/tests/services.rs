@@ -210,6 +210,7 @@ async fn the_cache_begins_a_recommend_call_in_one_round_trip() {
                 kind: "click".into(),
                 timestamp_ms: 1_000 + i as i64,
                 weight: 1.0,
+                event_id: String::new(),
             }),
             max_len: 0,
         })
@@ -241,6 +242,7 @@ async fn the_cache_begins_a_recommend_call_in_one_round_trip() {
             read_result,
             scene: "home".into(),
             recent_events,
+            frequency_cap: None,
         };
 
     // Allowed: the rate check, the cached result and the clicks (most recent first) in one answer.

@@ -66,8 +66,13 @@ pub trait CacheStore: Send + Sync + 'static {
     /// Drops cached results for one scene, or all scenes; returns how many were dropped.
     async fn invalidate(&self, user: &UserId, scene: Option<&Scene>) -> Result<usize>;
 
-    /// Pushes one event, keeping the last `max_len`; returns the new length.
-    async fn push_event(&self, user: &UserId, event: Event, max_len: usize) -> Result<usize>;
+    /// Pushes one event, keeping the last `max_len`; returns the new length. As [`CacheStore::push_events`].
+    async fn push_event(&self, user: &UserId, event: Event, max_len: usize) -> Result<usize> {
+        self.push_events(user, vec![event], max_len).await
+    }
+    /// Pushes events (oldest first), keeping the last `max_len`, and leaving out each event whose id the list
+    /// holds already (a retry, a replay); returns the new length.
+    async fn push_events(&self, user: &UserId, events: Vec<Event>, max_len: usize) -> Result<usize>;
     /// The last `limit` events (0 = all kept), most recent first.
     async fn recent_events(&self, user: &UserId, limit: usize) -> Result<Vec<Event>>;
 

@@ -156,10 +156,17 @@ impl CacheStore for MemoryCacheStore {
         Ok(removed_live)
     }
 
-    async fn push_event(&self, user: &UserId, event: Event, max_len: usize) -> Result<usize> {
+    async fn push_events(&self, user: &UserId, new: Vec<Event>, max_len: usize) -> Result<usize> {
         let mut events = self.events.lock();
         let seq = events.entry(user.clone()).or_default();
-        seq.push_front(event);
+        for event in new {
+            if let Some(id) = &event.id
+                && seq.iter().any(|e| e.id.as_ref() == Some(id))
+            {
+                continue;
+            }
+            seq.push_front(event);
+        }
         seq.truncate(max_len.max(1));
         Ok(seq.len())
     }

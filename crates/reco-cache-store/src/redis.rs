@@ -136,10 +136,23 @@ end
 return n
 "#;
 
+/// Pushes events, oldest first, leaving out those whose id the list holds (the list's events are read for their
+/// ids: it is short, 50 by default). ARGV: max_len, ttl (ms), then per event its id ("" for none) and its JSON.
 const PUSH_EVENT: &str = r#"
-redis.call('LPUSH', KEYS[1], ARGV[1])
-redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[2]) - 1)
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
+local seen = {}
+for _, raw in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
+  local ok, e = pcall(cjson.decode, raw)
+  if ok and type(e) == 'table' and type(e.id) == 'string' then seen[e.id] = true end
+end
+for i = 3, #ARGV, 2 do
+  local id = ARGV[i]
+  if id == '' or not seen[id] then
+    redis.call('LPUSH', KEYS[1], ARGV[i + 1])
+    if id ~= '' then seen[id] = true end
+  end
+end
+redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[1]) - 1)
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return redis.call('LLEN', KEYS[1])
 "#;
 
@@ -403,12 +416,14 @@ impl CacheStore for RedisCacheStore {
         Ok(n as usize)
     }
 
-    async fn push_event(&self, user: &UserId, event: Event, max_len: usize) -> Result<usize> {
-        let args = vec![
-            encode(&event),
-            (max_len.max(1) as i64).into(),
-            (SEQUENCE_TTL.as_millis() as i64).into(),
-        ];
+    async fn push_events(&self, user: &UserId, events: Vec<Event>, max_len: usize) -> Result<usize> {
+        let mut args = Vec::with_capacity(2 + 2 * events.len());
+        args.push((max_len.max(1) as i64).into());
+        args.push((SEQUENCE_TTL.as_millis() as i64).into());
+        for e in &events {
+            args.push(e.id.as_ref().map(|i| i.as_str()).unwrap_or("").into());
+            args.push(encode(e));
+        }
         let n: i64 = self
             .script(&self.push_event, vec![self.key("seq", user.as_str())], args)
             .await?;

@@ -22,6 +22,7 @@ fn scene(s: &str) -> Scene {
 pub async fn run_all(store: &dyn CacheStore, prefix: &str) {
     results_round_trip_expire_and_invalidate(store, prefix).await;
     events_keep_the_last_n(store, prefix).await;
+    events_are_pushed_once_by_id(store, prefix).await;
     rate_limit_allows_exactly_the_limit(store, prefix).await;
     frequency_caps(store, prefix).await;
     sessions(store, prefix).await;
@@ -98,6 +99,25 @@ pub async fn results_round_trip_expire_and_invalidate(store: &dyn CacheStore, p:
             .is_none(),
         "expired after its TTL"
     );
+}
+
+/// An event whose id the recent list holds is not pushed again; events without an id always are.
+pub async fn events_are_pushed_once_by_id(store: &dyn CacheStore, p: &str) {
+    let u = uid(&format!("{p}-events-once"));
+    let ev = |item: &str, id: Option<&str>| {
+        Event::parse(item, "click", 1000, 1.0)
+            .unwrap()
+            .with_id(id.map(|i| reco_types::EventId::parse("event_id", i).unwrap()))
+    };
+    let first = vec![ev("a", Some("e1")), ev("b", Some("e2")), ev("b", Some("e2"))];
+    assert_eq!(store.push_events(&u, first, 10).await.unwrap(), 2);
+    let again = vec![ev("a", Some("e1")), ev("c", None), ev("c", None)];
+    assert_eq!(store.push_events(&u, again, 10).await.unwrap(), 4);
+    assert_eq!(store.push_event(&u, ev("b", Some("e2")), 10).await.unwrap(), 4);
+    let got = store.recent_events(&u, 0).await.unwrap();
+    let items: Vec<_> = got.iter().map(|e| e.item_id.as_str()).collect();
+    assert_eq!(items, ["c", "c", "b", "a"], "most recent first");
+    assert_eq!(got[2].id.as_ref().map(|i| i.as_str()), Some("e2"));
 }
 
 pub async fn events_keep_the_last_n(store: &dyn CacheStore, p: &str) {

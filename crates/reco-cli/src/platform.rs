@@ -103,6 +103,8 @@ impl Addrs {
 /// The running platform. [`Platform::shutdown`] drains every service; dropping it stops them too.
 pub struct Platform {
     pub addrs: Addrs,
+    /// Where the services keep their files (the feature store, the vector index, the gateway's event outbox).
+    pub data_dir: std::path::PathBuf,
     /// The temporary data directory, when none was given; removed when the platform is dropped.
     _data_dir: Option<tempfile::TempDir>,
     /// The gateway's settings, for starting another gateway over the same services.
@@ -149,18 +151,17 @@ impl Platform {
             ranking: ranking_l.local_addr()?,
         };
         let temp_dir = match &cfg.data_dir {
-            Some(dir) => {
-                cfg.feature.data_dir = dir.join("feature");
-                cfg.vector.data_dir = Some(dir.join("vector"));
-                None
-            }
-            None => {
-                let t = tempfile::tempdir().context("cannot make a temporary data directory")?;
-                cfg.feature.data_dir = t.path().join("feature");
-                cfg.vector.data_dir = Some(t.path().join("vector"));
-                Some(t)
-            }
+            Some(_) => None,
+            None => Some(tempfile::tempdir().context("cannot make a temporary data directory")?),
         };
+        let data_dir = match (&cfg.data_dir, &temp_dir) {
+            (Some(dir), _) => dir.clone(),
+            (None, Some(t)) => t.path().to_path_buf(),
+            (None, None) => unreachable!("a temporary directory is made when none is given"),
+        };
+        cfg.feature.data_dir = data_dir.join("feature");
+        cfg.vector.data_dir = Some(data_dir.join("vector"));
+        cfg.gateway.event_outbox = data_dir.join("gateway").join("events.redb");
         cfg.vector.feature_addr = Some(addrs.feature.to_string());
         cfg.gateway.feature_addr = addrs.feature.to_string();
         cfg.gateway.cache_addr = addrs.cache.to_string();
@@ -228,6 +229,7 @@ impl Platform {
         }
         let platform = Self {
             addrs,
+            data_dir,
             _data_dir: temp_dir,
             gateway_config: cfg.gateway.clone(),
             wiring: cfg.wiring,
@@ -253,13 +255,25 @@ impl Platform {
         }
     }
 
-    /// Another gateway over the same services, wired as this platform's is, with `config`'s settings.
+    /// Another gateway over the same services, wired as this platform's is, with `config`'s settings. Unless
+    /// `config` names an event outbox of its own, it gets a new one in the data directory (two gateways cannot
+    /// share one file).
     pub fn gateway(
         &self,
         config: &reco_gateway::Config,
     ) -> anyhow::Result<reco_server::GrpcServer> {
         let mut config = config.clone();
         let g = &self.gateway_config;
+        if config.event_outbox == reco_gateway::Config::default().event_outbox
+            || config.event_outbox == g.event_outbox
+        {
+            static MORE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
+            let n = MORE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            config.event_outbox = self
+                .data_dir
+                .join(format!("gateway-{n}"))
+                .join("events.redb");
+        }
         config.feature_addr = g.feature_addr.clone();
         config.cache_addr = g.cache_addr.clone();
         config.vector_addr = g.vector_addr.clone();

@@ -80,7 +80,17 @@ pub trait Feature: Send + Sync + 'static {
     async fn items(&self, q: ItemsQuery, budget: Duration) -> Result<Vec<Item>>;
     /// Best first.
     async fn popular(&self, q: PopularQuery, budget: Duration) -> Result<Vec<Hit>>;
+    /// Appends each user's events (oldest first) to their real-time sequence; an event whose id the sequence
+    /// already holds is left out, so a retry changes nothing.
+    async fn append_events(&self, appends: Vec<EventAppend>, budget: Duration) -> Result<()>;
     async fn ready(&self) -> Readiness;
+}
+
+/// One user's events, oldest first.
+#[derive(Clone, Debug)]
+pub struct EventAppend {
+    pub user_id: UserId,
+    pub events: Vec<Event>,
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -106,6 +116,8 @@ pub struct BeginQuery {
     pub read_result: bool,
     /// Most recent events to read (0: none).
     pub recent_events: u32,
+    /// Leave out of the cached result the items shown `cap` times within the window.
+    pub frequency_cap: Option<(u32, Duration)>,
 }
 
 /// What [`Cache::begin`] found. When the rate check refused the call, nothing else was read.
@@ -160,7 +172,18 @@ pub trait Cache: Send + Sync + 'static {
     /// The capped items among those asked.
     async fn filter_capped(&self, q: CapQuery, budget: Duration) -> Result<Vec<ItemId>>;
     async fn write(&self, w: Writes, budget: Duration) -> Result<()>;
+    /// What users' events do to the cache: pushed onto their recent events (an event whose id is there already is
+    /// left out), and their cached answers dropped when asked.
+    async fn push_events(&self, p: EventPush, budget: Duration) -> Result<()>;
     async fn ready(&self) -> Readiness;
+}
+
+/// Events for the cache, per user (oldest first; a user's list may be empty when only invalidating).
+#[derive(Clone, Debug, Default)]
+pub struct EventPush {
+    pub users: Vec<EventAppend>,
+    /// Drop every listed user's cached answers, in every scene.
+    pub invalidate_results: bool,
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -207,7 +230,16 @@ pub struct GraphQuery {
 pub trait GraphRecall: Send + Sync + 'static {
     /// Items only, best first.
     async fn recall(&self, q: GraphQuery, budget: Duration) -> Result<Vec<Hit>>;
+    /// Adds edges; an edge that exists has its weight replaced, so adding one twice changes nothing.
+    async fn add_edges(&self, edges: Vec<GraphEdge>, budget: Duration) -> Result<()>;
     async fn ready(&self) -> Readiness;
+}
+
+/// An edge events add to the graph.
+#[derive(Clone, Debug, PartialEq)]
+pub enum GraphEdge {
+    Follows { user: UserId, followee: UserId },
+    Engaged { user: UserId, item: ItemId, weight: f32 },
 }
 
 // ---------------------------------------------------------------------------------------------------------------

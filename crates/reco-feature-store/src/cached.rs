@@ -192,6 +192,20 @@ impl FeatureStore for CachedFeatureStore {
         Ok(n)
     }
 
+    async fn append_events_batch(
+        &self,
+        appends: Vec<(UserId, Vec<Event>)>,
+        max_len: usize,
+    ) -> Result<Vec<usize>> {
+        let users: std::collections::HashSet<UserId> = appends.iter().map(|(u, _)| u.clone()).collect();
+        let lengths = self.inner.append_events_batch(appends, max_len).await?;
+        // One predicate for the batch, not one per user: the cache tests each on its entries.
+        self.contexts
+            .invalidate_entries_if(move |k, _| users.contains(&k.1))
+            .expect("built with support_invalidation_closures");
+        Ok(lengths)
+    }
+
     async fn versions(&self) -> Result<(FeatureVersion, Vec<FeatureVersion>)> {
         self.inner.versions().await
     }

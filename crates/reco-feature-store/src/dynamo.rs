@@ -4,7 +4,8 @@
 //!   table (prefix + name)  partition key   sort key   attributes
 //!   user_features          user_id S       version S  f_<name> per feature (typed), embedding B (f32 LE)
 //!   recall_u2u_cf          user_id S       version S  candidates S (JSON, best first)
-//!   user_realtime          user_id S       -          events L of M {item_id, kind, ts, weight}, oldest first
+//!   user_realtime          user_id S       -          events L of M {item_id, kind, ts, weight, id}, oldest first;
+//!                                                    rev N (bumped by every append)
 //!   item_features          item_id S       version S  categories L, f_<name> per feature, embedding B
 //!   meta                   pk S            -          "active": version S, versions SS; "popular#<v>": candidates S
 //! ```
@@ -16,9 +17,9 @@
 //!
 //! Reads are eventually consistent unless configured strong. The user-context stage is three GetItems in parallel;
 //! item features are BatchGetItem, 100 keys a call, the calls in parallel, unprocessed keys retried with jittered
-//! backoff. Appends to the sequence are one UpdateItem with `list_append`, so concurrent appends never lose one;
-//! when the list passes N, a second UpdateItem removes the oldest, conditional on the length it saw, so a trim
-//! never removes what a concurrent append added. Throttling is retried by the SDK's adaptive mode (reco-aws).
+//! backoff. An append to the sequence reads it (strongly consistent), leaves out the events whose id it holds (a
+//! retry or a replayed stream changes nothing), trims it to N and writes it back in one UpdateItem conditional on
+//! the row's `rev` counter, so concurrent appends never lose one: the loser reads again. Throttling is retried by the SDK's adaptive mode (reco-aws).
 //! Every call asks for its consumed capacity, which becomes the counters `reco.dynamodb.read_units` and
 //! `reco.dynamodb.write_units` per table, and running totals ([`DynamoFeatureStore::consumed`]).
 
@@ -43,7 +44,7 @@ use opentelemetry::{KeyValue, metrics::Counter};
 use parking_lot::Mutex;
 use reco_aws::AwsSettings;
 use reco_types::{
-    Candidate, Embedding, Event, FeatureValue, FeatureVersion, Features, Item, ItemId, Name, User,
+    Candidate, Embedding, Event, EventId, FeatureValue, FeatureVersion, Features, Item, ItemId, Name, User,
     UserId,
 };
 
@@ -59,6 +60,10 @@ const BATCH_CONCURRENCY: usize = 8;
 const UNPROCESSED_ATTEMPTS: u32 = 8;
 /// Features set per UpdateItem of a merge (keeps the expression well under DynamoDB's 4 KB).
 const MERGE_CHUNK: usize = 100;
+/// How many times an append reads the sequence again after losing a race to another writer.
+const APPEND_ATTEMPTS: u32 = 8;
+/// Users' appends in flight at once within one batch.
+const APPEND_CONCURRENCY: usize = 16;
 const FEATURE_PREFIX: &str = "f_";
 
 /// How the store reaches its tables.
@@ -535,32 +540,87 @@ impl DynamoFeatureStore {
     }
 
     /// Removes the oldest events past `max_len`, only if the list is still `len` long.
-    async fn trim_events(&self, user_id: &UserId, len: usize, max_len: usize) -> Result<()> {
-        let paths: Vec<String> = (0..len - max_len).map(|i| format!("events[{i}]")).collect();
-        let out = self
-            .client
-            .update_item()
-            .table_name(&self.tables.realtime)
-            .key("user_id", s(user_id.as_str()))
-            .update_expression(format!("REMOVE {}", paths.join(", ")))
-            .condition_expression("size(events) = :len")
-            .expression_attribute_values(":len", AttributeValue::N(len.to_string()))
-            .return_consumed_capacity(ReturnConsumedCapacity::Total)
-            .send()
-            .await;
-        match out {
-            Ok(out) => {
-                self.capacity.record(true, out.consumed_capacity());
-                Ok(())
+    /// One user's append: read the sequence (strongly consistent), leave out the events it holds already
+    /// ([`reco_types::append_unique`]), trim, and write it back on condition that nobody wrote between (the
+    /// sequence's `rev` counter); a lost race reads again, at most [`APPEND_ATTEMPTS`] times.
+    async fn append_user(&self, user_id: &UserId, events: Vec<Event>, max_len: usize) -> Result<usize> {
+        let table = &self.tables.realtime;
+        for _ in 0..APPEND_ATTEMPTS {
+            let out = self
+                .client
+                .get_item()
+                .table_name(table)
+                .key("user_id", s(user_id.as_str()))
+                .consistent_read(true)
+                .return_consumed_capacity(ReturnConsumedCapacity::Total)
+                .send()
+                .await
+                .map_err(backend)?;
+            self.capacity.record(false, out.consumed_capacity());
+            let row = out.item.unwrap_or_default();
+            let mut seq: std::collections::VecDeque<Event> = match row.get("events") {
+                None => Default::default(),
+                Some(AttributeValue::L(l)) => l
+                    .iter()
+                    .map(|e| decode_event(table, e))
+                    .collect::<Result<_>>()?,
+                Some(_) => return Err(corrupt(table, "events")),
+            };
+            let rev = match row.get("rev") {
+                None => None,
+                Some(AttributeValue::N(n)) => Some(n.parse::<u64>().map_err(|e| corrupt(table, e))?),
+                Some(_) => return Err(corrupt(table, "rev")),
+            };
+            if reco_types::append_unique(&mut seq, events.clone(), max_len) == 0 {
+                return Ok(seq.len());
             }
-            // A concurrent append changed the length: its own trim removes the surplus.
-            Err(SdkError::ServiceError(e))
-                if matches!(e.err(), UpdateItemError::ConditionalCheckFailedException(_)) =>
-            {
-                Ok(())
+            let next = rev.unwrap_or(0) + 1;
+            let mut put = self
+                .client
+                .update_item()
+                .table_name(table)
+                .key("user_id", s(user_id.as_str()))
+                .update_expression("SET events = :seq, rev = :next")
+                .expression_attribute_values(
+                    ":seq",
+                    AttributeValue::L(seq.iter().map(encode_event).collect()),
+                )
+                .expression_attribute_values(":next", AttributeValue::N(next.to_string()))
+                .return_consumed_capacity(ReturnConsumedCapacity::Total);
+            put = match rev {
+                Some(rev) => put
+                    .condition_expression("rev = :rev")
+                    .expression_attribute_values(":rev", AttributeValue::N(rev.to_string())),
+                // A row written before sequences had a counter: it must not have changed since it was read.
+                None if row.contains_key("events") => put
+                    .condition_expression("attribute_not_exists(rev) AND size(events) = :len")
+                    .expression_attribute_values(
+                        ":len",
+                        AttributeValue::N(
+                            row.get("events")
+                                .and_then(|e| e.as_l().ok())
+                                .map_or(0, Vec::len)
+                                .to_string(),
+                        ),
+                    ),
+                None => put.condition_expression("attribute_not_exists(user_id)"),
+            };
+            match put.send().await {
+                Ok(out) => {
+                    self.capacity.record(true, out.consumed_capacity());
+                    return Ok(seq.len());
+                }
+                Err(SdkError::ServiceError(e))
+                    if matches!(e.err(), UpdateItemError::ConditionalCheckFailedException(_)) =>
+                {
+                    continue;
+                }
+                Err(e) => return Err(backend(e)),
             }
-            Err(e) => Err(backend(e)),
         }
+        Err(FeatureStoreError::Backend(format!(
+            "{table}: the sequence of {user_id} changed under {APPEND_ATTEMPTS} appends in a row"
+        )))
     }
 }
 
@@ -750,7 +810,7 @@ fn decode_item(table: &str, row: &Row, include_embedding: bool) -> Result<Item> 
 }
 
 fn encode_event(e: &Event) -> AttributeValue {
-    AttributeValue::M(HashMap::from([
+    let mut m = HashMap::from([
         ("item_id".to_string(), s(e.item_id.as_str())),
         ("kind".to_string(), s(e.kind.as_str())),
         (
@@ -761,7 +821,11 @@ fn encode_event(e: &Event) -> AttributeValue {
             "weight".to_string(),
             AttributeValue::N(e.weight.to_string()),
         ),
-    ]))
+    ]);
+    if let Some(id) = &e.id {
+        m.insert("id".to_string(), s(id.as_str()));
+    }
+    AttributeValue::M(m)
 }
 
 fn decode_event(table: &str, v: &AttributeValue) -> Result<Event> {
@@ -783,6 +847,13 @@ fn decode_event(table: &str, v: &AttributeValue) -> Result<Event> {
         kind: Name::parse("kind", text("kind")?).map_err(|e| corrupt(table, e))?,
         timestamp_ms: num("ts")?.parse().map_err(|e| corrupt(table, e))?,
         weight: num("weight")?.parse().map_err(|e| corrupt(table, e))?,
+        id: match m.get("id") {
+            None => None,
+            Some(AttributeValue::S(id)) => {
+                Some(EventId::parse("event_id", id).map_err(|e| corrupt(table, e))?)
+            }
+            Some(_) => return Err(corrupt(table, "event id")),
+        },
     })
 }
 
@@ -1022,32 +1093,41 @@ impl FeatureStore for DynamoFeatureStore {
         events: Vec<Event>,
         max_len: usize,
     ) -> Result<usize> {
-        let max_len = max_len.max(1);
-        let out = self
-            .client
-            .update_item()
-            .table_name(&self.tables.realtime)
-            .key("user_id", s(user_id.as_str()))
-            .update_expression("SET events = list_append(if_not_exists(events, :empty), :new)")
-            .expression_attribute_values(":empty", AttributeValue::L(Vec::new()))
-            .expression_attribute_values(
-                ":new",
-                AttributeValue::L(events.iter().map(encode_event).collect()),
-            )
-            .return_values(ReturnValue::UpdatedNew)
-            .return_consumed_capacity(ReturnConsumedCapacity::Total)
-            .send()
-            .await
-            .map_err(backend)?;
-        self.capacity.record(true, out.consumed_capacity());
-        let len = match out.attributes().and_then(|a| a.get("events")) {
-            Some(AttributeValue::L(l)) => l.len(),
-            _ => return Err(corrupt(&self.tables.realtime, "events after append")),
-        };
-        if len > max_len {
-            self.trim_events(user_id, len, max_len).await?;
+        self.append_user(user_id, events, max_len).await
+    }
+
+    async fn append_events_batch(
+        &self,
+        appends: Vec<(UserId, Vec<Event>)>,
+        max_len: usize,
+    ) -> Result<Vec<usize>> {
+        // One item per user: users' appends run side by side, one user's in the order given.
+        let mut per_user: Vec<(UserId, Vec<(usize, Vec<Event>)>)> = Vec::new();
+        let mut at: HashMap<UserId, usize> = HashMap::new();
+        let n = appends.len();
+        for (i, (user, events)) in appends.into_iter().enumerate() {
+            let slot = *at.entry(user.clone()).or_insert_with(|| {
+                per_user.push((user, Vec::new()));
+                per_user.len() - 1
+            });
+            per_user[slot].1.push((i, events));
         }
-        Ok(len.min(max_len))
+        let done: Vec<Vec<(usize, usize)>> = stream::iter(per_user)
+            .map(|(user, list)| async move {
+                let mut out = Vec::with_capacity(list.len());
+                for (i, events) in list {
+                    out.push((i, self.append_user(&user, events, max_len).await?));
+                }
+                Ok::<_, FeatureStoreError>(out)
+            })
+            .buffer_unordered(APPEND_CONCURRENCY)
+            .try_collect()
+            .await?;
+        let mut lengths = vec![0; n];
+        for (i, len) in done.into_iter().flatten() {
+            lengths[i] = len;
+        }
+        Ok(lengths)
     }
 
     async fn versions(&self) -> Result<(FeatureVersion, Vec<FeatureVersion>)> {

@@ -122,12 +122,27 @@ pub trait FeatureStore: Send + Sync + 'static {
     async fn put_popular(&self, version: VersionSel<'_>, items: Vec<Candidate>) -> Result<usize>;
 
     /// Appends events (oldest first) to the user's sequence, keeping the last `max_len`; returns the new length.
+    /// An event whose id the sequence already holds is left out ([`reco_types::append_unique`]).
     async fn append_events(
         &self,
         user_id: &UserId,
         events: Vec<Event>,
         max_len: usize,
     ) -> Result<usize>;
+
+    /// Appends many users' events, as [`FeatureStore::append_events`] each; returns each user's new length, in
+    /// order. Backends that can write them together (one transaction) do.
+    async fn append_events_batch(
+        &self,
+        appends: Vec<(UserId, Vec<Event>)>,
+        max_len: usize,
+    ) -> Result<Vec<usize>> {
+        let mut lengths = Vec::with_capacity(appends.len());
+        for (user, events) in appends {
+            lengths.push(self.append_events(&user, events, max_len).await?);
+        }
+        Ok(lengths)
+    }
 
     /// The active version and every version stored.
     async fn versions(&self) -> Result<(FeatureVersion, Vec<FeatureVersion>)>;

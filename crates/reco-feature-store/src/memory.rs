@@ -207,10 +207,7 @@ impl FeatureStore for MemoryFeatureStore {
     ) -> Result<usize> {
         let mut all = self.events.write();
         let seq = all.entry(user_id.clone()).or_default();
-        seq.extend(events);
-        while seq.len() > max_len.max(1) {
-            seq.pop_front();
-        }
+        reco_types::append_unique(seq, events, max_len);
         Ok(seq.len())
     }
 

@@ -33,7 +33,8 @@ fn backend(e: impl std::fmt::Display) -> FeatureStoreError {
 }
 
 /// How rows are encoded, recorded in the file so a store of another encoding is refused, not misread.
-const FORMAT: &str = "postcard-1";
+// postcard-2: events carry their id (idempotent appends).
+const FORMAT: &str = "postcard-2";
 
 /// Rows are postcard: compact and an order of magnitude cheaper to decode than JSON, which mattered on the read
 /// path (a 200-item hydrate decodes 200 embeddings per request).
@@ -332,25 +333,37 @@ impl FeatureStore for RedbFeatureStore {
         events: Vec<Event>,
         max_len: usize,
     ) -> Result<usize> {
-        let user = user_id.to_string();
-        // One write transaction: read, append, trim, write back. redb serialises writers, so no append is lost
-        // between the read and the write.
+        let lengths = self
+            .append_events_batch(vec![(user_id.clone(), events)], max_len)
+            .await?;
+        Ok(lengths[0])
+    }
+
+    async fn append_events_batch(
+        &self,
+        appends: Vec<(UserId, Vec<Event>)>,
+        max_len: usize,
+    ) -> Result<Vec<usize>> {
+        // One write transaction for every user: read, append, trim, write back. redb serialises writers, so no
+        // append is lost between the read and the write, and the batch costs one commit.
         self.write(None, move |tx, _| {
             let mut table = tx.open_table(EVENTS).map_err(backend)?;
-            let mut seq: VecDeque<Event> = table
-                .get(user.as_str())
-                .map_err(backend)?
-                .map(|g| decode(g.value()))
-                .transpose()?
-                .unwrap_or_default();
-            seq.extend(events);
-            while seq.len() > max_len.max(1) {
-                seq.pop_front();
+            let mut lengths = Vec::with_capacity(appends.len());
+            for (user, events) in appends {
+                let mut seq: VecDeque<Event> = table
+                    .get(user.as_str())
+                    .map_err(backend)?
+                    .map(|g| decode(g.value()))
+                    .transpose()?
+                    .unwrap_or_default();
+                if reco_types::append_unique(&mut seq, events, max_len) > 0 {
+                    table
+                        .insert(user.as_str(), encode(&seq).as_slice())
+                        .map_err(backend)?;
+                }
+                lengths.push(seq.len());
             }
-            table
-                .insert(user.as_str(), encode(&seq).as_slice())
-                .map_err(backend)?;
-            Ok(seq.len())
+            Ok(lengths)
         })
         .await
     }

@@ -29,6 +29,7 @@ pub async fn run_all(store: &dyn FeatureStore) {
     users_round_trip_and_merge(store).await;
     items_in_order_with_missing_left_out(store).await;
     sequences_keep_the_last_n(store).await;
+    appends_are_idempotent_by_event_id(store).await;
     pools_and_popular(store).await;
     versions_are_isolated_until_activated(store).await;
 }
@@ -136,6 +137,51 @@ pub async fn sequences_keep_the_last_n(store: &dyn FeatureStore) {
     assert_eq!(
         ctx.recent_events.last().unwrap().item_id.as_str(),
         "suite-e2"
+    );
+}
+
+/// An event whose id the sequence holds is not appended again (a retry, a replayed stream), in one call or a
+/// later one, alone or in a batch; events without an id are always appended.
+pub async fn appends_are_idempotent_by_event_id(store: &dyn FeatureStore) {
+    let (a, b) = (uid("suite-idem-a"), uid("suite-idem-b"));
+    let ev = |item: &str, id: Option<&str>| {
+        Event::parse(item, "click", 5_000, 1.0)
+            .unwrap()
+            .with_id(id.map(|i| reco_types::EventId::parse("event_id", i).unwrap()))
+    };
+    let first = vec![ev("i1", Some("e1")), ev("i2", Some("e2")), ev("i2", Some("e2"))];
+    assert_eq!(store.append_events(&a, first, 10).await.unwrap(), 2);
+    let again = vec![ev("i1", Some("e1")), ev("i3", Some("e3")), ev("i9", None)];
+    assert_eq!(store.append_events(&a, again, 10).await.unwrap(), 4);
+    let lengths = store
+        .append_events_batch(
+            vec![
+                (a.clone(), vec![ev("i3", Some("e3")), ev("i9", None)]),
+                (b.clone(), vec![ev("i1", Some("e1"))]),
+                (b.clone(), vec![ev("i1", Some("e1")), ev("i4", Some("e4"))]),
+            ],
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(lengths, [5, 1, 2], "each user's length after their append");
+    let items = |u: &UserId| {
+        let u = u.clone();
+        async move {
+            let ctx = store.user_context(None, &u, 0, 0).await.unwrap();
+            ctx.recent_events
+                .iter()
+                .map(|e| e.item_id.to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(items(&a).await, ["i9", "i9", "i3", "i2", "i1"]);
+    assert_eq!(items(&b).await, ["i4", "i1"]);
+    let ctx = store.user_context(None, &b, 0, 0).await.unwrap();
+    assert_eq!(
+        ctx.recent_events[0].id.as_ref().map(|i| i.as_str()),
+        Some("e4"),
+        "the id is kept with the event"
     );
 }
 

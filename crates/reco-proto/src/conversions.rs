@@ -142,8 +142,14 @@ impl TryFrom<pb::Event> for domain::Event {
             kind,
             timestamp_ms,
             weight,
+            event_id,
         } = e;
-        domain::Event::parse(&item_id, &kind, timestamp_ms, weight)
+        let id = if event_id.is_empty() {
+            None
+        } else {
+            Some(domain::EventId::parse("event_id", &event_id)?)
+        };
+        Ok(domain::Event::parse(&item_id, &kind, timestamp_ms, weight)?.with_id(id))
     }
 }
 
@@ -154,6 +160,7 @@ impl From<domain::Event> for pb::Event {
             kind: e.kind.into(),
             timestamp_ms: e.timestamp_ms,
             weight: e.weight,
+            event_id: e.id.map(String::from).unwrap_or_default(),
         }
     }
 }

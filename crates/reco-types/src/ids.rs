@@ -104,12 +104,18 @@ id_type!(
     Name, "name", MAX_NAME_BYTES
 );
 id_type!(
+    /// A behaviour event, as its producer names it: 1 to 256 bytes. Two events with one id are one event (a
+    /// retry, a replay of a stream), applied once.
+    EventId, "event_id", MAX_ID_BYTES
+);
+id_type!(
     /// A feature-set version ("v20261126", "exp-b"). 1 to 128 bytes.
     FeatureVersion, "feature_version", MAX_NAME_BYTES
 );
 
 /// The surface that asks for recommendations. Empty in a request means [`Scene::default`].
-#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+#[derive(Clone, PartialEq, Eq, Hash, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
 pub struct Scene(Name);
 
 impl Scene {

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    Embedding, Features, ItemId, MAX_BATCH, MAX_CANDIDATES, MAX_CATEGORIES, Name, UserId,
+    Embedding, EventId, Features, ItemId, MAX_BATCH, MAX_CANDIDATES, MAX_CATEGORIES, Name, UserId,
     ValidationError, error::each,
 };
 
@@ -103,6 +103,10 @@ pub struct Event {
     pub kind: Name,
     pub timestamp_ms: i64,
     pub weight: f32,
+    /// The event's id when its producer gave one: a store that already holds an event with this id does not add
+    /// it again.
+    #[serde(default)]
+    pub id: Option<EventId>,
 }
 
 impl Event {
@@ -131,8 +135,38 @@ impl Event {
                 timestamp_ms
             },
             weight: if weight == 0.0 { 1.0 } else { weight },
+            id: None,
         })
     }
+
+    /// The event with an id.
+    pub fn with_id(self, id: Option<EventId>) -> Self {
+        Self { id, ..self }
+    }
+}
+
+/// Appends `new` (oldest first) to a sequence (oldest first) that keeps its last `max_len`, leaving out every event
+/// whose id the sequence already holds (or that comes twice in `new`). Returns how many were added. Every feature
+/// store appends with it, so a retried or replayed event changes nothing.
+pub fn append_unique(
+    seq: &mut std::collections::VecDeque<Event>,
+    new: Vec<Event>,
+    max_len: usize,
+) -> usize {
+    let mut added = 0;
+    for e in new {
+        if let Some(id) = &e.id
+            && seq.iter().any(|old| old.id.as_ref() == Some(id))
+        {
+            continue;
+        }
+        seq.push_back(e);
+        added += 1;
+    }
+    while seq.len() > max_len.max(1) {
+        seq.pop_front();
+    }
+    added
 }
 
 /// An item and what is known of it.

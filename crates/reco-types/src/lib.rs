@@ -7,6 +7,7 @@
 
 mod answers;
 mod error;
+mod events;
 mod features;
 mod ids;
 mod items;
@@ -16,9 +17,10 @@ mod stage;
 pub use answers::{CachedResult, RateDecision, UserContext};
 pub use error::{ValidationError, each};
 pub use features::{Embedding, FeatureValue, Features, dot};
-pub use ids::{FeatureVersion, ItemId, Name, Scene, UserId, check_id};
+pub use events::{EventKind, EventTarget, MAX_EVENT_AGE_MS, MAX_EVENT_SKEW_MS, RawEvent, UserEvent};
+pub use ids::{EventId, FeatureVersion, ItemId, Name, Scene, UserId, check_id};
 pub use items::{
-    Candidate, Event, Item, ItemFilter, SourceHit, User, check_batch, check_candidates,
+    Candidate, Event, Item, ItemFilter, SourceHit, User, append_unique, check_batch, check_candidates,
 };
 pub use limits::*;
 pub use stage::{StageReport, StageStatus};

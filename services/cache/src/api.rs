@@ -8,7 +8,8 @@ use reco_cache_store::{
     RateDecision,
 };
 use reco_client::{
-    BeginQuery, Begun, CapQuery, ImpressionWrite, RateLimit, Readiness, ResultWrite, Writes,
+    BeginQuery, Begun, CapQuery, EventAppend, EventPush, ImpressionWrite, RateLimit, Readiness,
+    ResultWrite, Writes,
 };
 use reco_proto::{
     cache::v1::{self as pb, cache_service_server::CacheService},
@@ -19,6 +20,9 @@ use reco_types::{
 };
 
 use crate::Error;
+
+/// Recent events kept per user when a push does not say.
+const DEFAULT_RECENT_EVENTS: usize = 50;
 
 /// Longest accepted TTL or window: one week.
 const MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -133,6 +137,38 @@ fn checked_rate(r: RateLimit) -> Result<RateLimit, ValidationError> {
 }
 
 /// An answer to cache, checked whichever way it came (a zero TTL is the default one).
+/// A frequency cap as a request gives it: 1 to 1,000,000 impressions within a window (zero is a day).
+fn checked_cap(cap: u32, window: Duration) -> Result<(u32, Duration), ValidationError> {
+    let cap = count("cap", cap, 0, 1, 1_000_000)?;
+    let window = millis(
+        "window_ms",
+        window.as_millis() as u64,
+        Duration::from_secs(24 * 3600),
+    )?;
+    Ok((cap, window))
+}
+
+/// Most users, and events in all, in one PushEvents call.
+const MAX_PUSH_USERS: usize = 1_000;
+const MAX_PUSH_EVENTS: usize = 10_000;
+
+fn checked_push(p: &EventPush) -> Result<(), ValidationError> {
+    let events: usize = p.users.iter().map(|u| u.events.len()).sum();
+    if p.users.len() > MAX_PUSH_USERS {
+        return Err(ValidationError::new(
+            "users",
+            format!("has {} entries, the limit is {MAX_PUSH_USERS}", p.users.len()),
+        ));
+    }
+    if events > MAX_PUSH_EVENTS {
+        return Err(ValidationError::new(
+            "users",
+            format!("hold {events} events, the limit is {MAX_PUSH_EVENTS}"),
+        ));
+    }
+    Ok(())
+}
+
 fn checked_result(w: ResultWrite) -> Result<ResultWrite, ValidationError> {
     reco_types::check_candidates("items", w.items.len())?;
     let ttl = millis("ttl_ms", w.ttl.as_millis() as u64, DEFAULT_RESULT_TTL)?;
@@ -273,6 +309,58 @@ impl CacheApi {
         })
     }
 
+    async fn push_events(&self, r: pb::PushEventsRequest) -> Result<pb::PushEventsResponse, Error> {
+        let pb::PushEventsRequest {
+            users,
+            max_len,
+            invalidate_results,
+        } = r;
+        let max_len = count("max_len", max_len, 50, 1, 10_000)?;
+        check_batch("users", users.len())?;
+        let users = each("users", users, |u| {
+            let pb::UserEvents { user_id, events } = u;
+            check_batch("events", events.len())?;
+            Ok(EventAppend {
+                user_id: user(&user_id)?,
+                events: each("events", events, Event::try_from)?,
+            })
+        })?;
+        let push = EventPush {
+            users,
+            invalidate_results,
+        };
+        checked_push(&push)?;
+        let (pushed, invalidated) = self.push(push, max_len as usize).await?;
+        Ok(pb::PushEventsResponse {
+            pushed: pushed as u32,
+            invalidated: invalidated as u32,
+        })
+    }
+
+    /// Applies checked events: every user's at once (a store round trip each, in flight together).
+    async fn push(&self, p: EventPush, max_len: usize) -> Result<(usize, usize), Error> {
+        let invalidate = p.invalidate_results;
+        let done = futures::future::try_join_all(p.users.into_iter().map(|u| async move {
+            let pushed = if u.events.is_empty() {
+                0
+            } else {
+                let n = u.events.len();
+                self.store.push_events(&u.user_id, u.events, max_len).await?;
+                n
+            };
+            let invalidated = if invalidate {
+                self.store.invalidate(&u.user_id, None).await?
+            } else {
+                0
+            };
+            Ok::<_, Error>((pushed, invalidated))
+        }))
+        .await?;
+        Ok(done
+            .into_iter()
+            .fold((0, 0), |(p, i), (dp, di)| (p + dp, i + di)))
+    }
+
     async fn get_recent_events(
         &self,
         r: pb::GetRecentEventsRequest,
@@ -348,12 +436,7 @@ impl CacheApi {
     /// The capped items among those asked (a zero window is a day).
     async fn capped(&self, q: CapQuery) -> Result<Vec<ItemId>, Error> {
         check_batch("item_ids", q.item_ids.len())?;
-        let cap = count("cap", q.cap, 0, 1, 1_000_000)?;
-        let window = millis(
-            "window_ms",
-            q.window.as_millis() as u64,
-            Duration::from_secs(24 * 3600),
-        )?;
+        let (cap, window) = checked_cap(q.cap, q.window)?;
         Ok(self
             .store
             .filter_capped(&q.user_id, &q.item_ids, cap, window)
@@ -370,6 +453,7 @@ impl CacheApi {
             read_result,
             scene,
             recent_events,
+            frequency_cap,
         } = r;
         let q = BeginQuery {
             user_id: user(&user_id)?,
@@ -380,6 +464,9 @@ impl CacheApi {
                 .map_err(|e| e.within("rate_limit"))?,
             read_result,
             recent_events,
+            frequency_cap: frequency_cap
+                .map(|c| (c.cap, Duration::from_millis(c.window_ms)))
+                .filter(|_| read_result),
         };
         let begun = self.begin(q).await?;
         let refused = begun.rate.is_some_and(|d| !d.allowed);
@@ -400,10 +487,15 @@ impl CacheApi {
             rate_limit,
             read_result,
             recent_events,
+            frequency_cap,
         } = q;
         if recent_events > 0 {
             count("recent_events", recent_events, 0, 1, 10_000)?;
         }
+        let frequency_cap = frequency_cap
+            .map(|(cap, window)| checked_cap(cap, window))
+            .transpose()
+            .map_err(|e| e.within("frequency_cap"))?;
         let rate_limit = rate_limit
             .map(checked_rate)
             .transpose()
@@ -418,7 +510,24 @@ impl CacheApi {
             if !read_result {
                 return Ok::<_, Error>(None);
             }
-            Ok(self.store.get_result(&user_id, &scene).await?)
+            let Some(mut hit) = self.store.get_result(&user_id, &scene).await? else {
+                return Ok(None);
+            };
+            // A cached answer is shown again: what it would show over the cap is left out, as a fresh answer's
+            // frequency_cap stage would (a second round trip, only on a hit).
+            if let Some((cap, window)) = frequency_cap
+                && !hit.items.is_empty()
+            {
+                let ids: Vec<ItemId> = hit.items.iter().map(|c| c.item_id.clone()).collect();
+                let capped: std::collections::HashSet<ItemId> = self
+                    .store
+                    .filter_capped(&user_id, &ids, cap, window)
+                    .await?
+                    .into_iter()
+                    .collect();
+                hit.items.retain(|c| !capped.contains(&c.item_id));
+            }
+            Ok(Some(hit))
         };
         let events = async {
             if recent_events == 0 {
@@ -500,6 +609,7 @@ reco_server::delegate_rpcs! { CacheService => CacheApi {
     delete_session(pb::DeleteSessionRequest) -> pb::DeleteSessionResponse;
     begin_recommend(pb::BeginRecommendRequest) -> pb::BeginRecommendResponse;
     put_recommendations_batch(pb::PutRecommendationsBatchRequest) -> pb::PutRecommendationsBatchResponse;
+    push_events(pb::PushEventsRequest) -> pb::PushEventsResponse;
 }}
 
 /// The service called in process (`reco_client::Cache`): the same checks and store calls as its RPCs, on domain
@@ -538,6 +648,17 @@ impl reco_client::Cache for CacheApi {
     )]
     async fn write(&self, w: Writes, _budget: Duration) -> reco_client::Result<()> {
         Ok(self.write(w).await?)
+    }
+
+    #[tracing::instrument(
+        name = "in_process",
+        skip_all,
+        fields(service = "cache", rpc = "/reco.cache.v1.CacheService/PushEvents")
+    )]
+    async fn push_events(&self, p: EventPush, _budget: Duration) -> reco_client::Result<()> {
+        checked_push(&p).map_err(Error::from)?;
+        self.push(p, DEFAULT_RECENT_EVENTS).await?;
+        Ok(())
     }
 
     async fn ready(&self) -> Readiness {

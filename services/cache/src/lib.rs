@@ -27,6 +27,7 @@ pub const WRITE_RPCS: &[&str] = &[
     "PutRecommendationsBatch",
     "Invalidate",
     "PushEvent",
+    "PushEvents",
     "RecordImpressions",
     "PutSession",
     "DeleteSession",

@@ -3,7 +3,7 @@
 use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
-use reco_client::{Hit, ItemsQuery, PopularQuery, Readiness, UserContextQuery};
+use reco_client::{EventAppend, Hit, ItemsQuery, PopularQuery, Readiness, UserContextQuery};
 
 use reco_feature_store::{FeatureStore, check_row_size};
 use reco_proto::{
@@ -16,6 +16,9 @@ use reco_types::{
 };
 
 use crate::{Error, items::EncodedItems};
+
+/// Most events in one AppendEventsBatch call.
+const MAX_BATCH_EVENTS: usize = 10_000;
 
 /// The FeatureService implementation over any store.
 pub struct FeatureApi {
@@ -301,6 +304,46 @@ impl FeatureApi {
         })
     }
 
+    async fn append_events_batch(
+        &self,
+        request: pb::AppendEventsBatchRequest,
+    ) -> Result<pb::AppendEventsBatchResponse, Error> {
+        let pb::AppendEventsBatchRequest { appends } = request;
+        check_batch("appends", appends.len())?;
+        let total: usize = appends.iter().map(|a| a.events.len()).sum();
+        if total > MAX_BATCH_EVENTS {
+            return Err(ValidationError::new(
+                "appends",
+                format!("hold {total} events, the limit is {MAX_BATCH_EVENTS} per call"),
+            )
+            .into());
+        }
+        let appends = each("appends", appends, |a| {
+            let pb::AppendEventsRequest { user_id, events } = a;
+            check_batch("events", events.len())?;
+            Ok(EventAppend {
+                user_id: UserId::parse("user_id", &user_id)?,
+                events: each("events", events, reco_types::Event::try_from)?,
+            })
+        })?;
+        let lengths = self.append_batch(appends).await?;
+        Ok(pb::AppendEventsBatchResponse {
+            lengths: lengths.into_iter().map(|n| n as u32).collect(),
+        })
+    }
+
+    /// Appends checked events, every user's in one store call.
+    async fn append_batch(&self, appends: Vec<EventAppend>) -> Result<Vec<usize>, Error> {
+        let appends = appends
+            .into_iter()
+            .map(|a| (a.user_id, a.events))
+            .collect();
+        Ok(self
+            .store
+            .append_events_batch(appends, self.max_events)
+            .await?)
+    }
+
     async fn list_versions(
         &self,
         _request: pb::ListVersionsRequest,
@@ -335,6 +378,7 @@ reco_server::delegate_rpcs! { FeatureService => FeatureApi {
     put_recall_pools(pb::PutRecallPoolsRequest) -> pb::PutRecallPoolsResponse;
     put_popular_items(pb::PutPopularItemsRequest) -> pb::PutPopularItemsResponse;
     append_events(pb::AppendEventsRequest) -> pb::AppendEventsResponse;
+    append_events_batch(pb::AppendEventsBatchRequest) -> pb::AppendEventsBatchResponse;
     list_versions(pb::ListVersionsRequest) -> pb::ListVersionsResponse;
     activate_version(pb::ActivateVersionRequest) -> pb::ActivateVersionResponse;
 }}
@@ -411,6 +455,30 @@ impl reco_client::Feature for FeatureApi {
                 score: c.score,
             })
             .collect())
+    }
+
+    #[tracing::instrument(
+        name = "in_process",
+        skip_all,
+        fields(
+            service = "feature",
+            rpc = "/reco.feature.v1.FeatureService/AppendEventsBatch"
+        )
+    )]
+    async fn append_events(
+        &self,
+        appends: Vec<EventAppend>,
+        _budget: Duration,
+    ) -> reco_client::Result<()> {
+        let total: usize = appends.iter().map(|a| a.events.len()).sum();
+        if appends.len() > MAX_BATCH || total > MAX_BATCH_EVENTS {
+            return Err(tonic::Status::invalid_argument(format!(
+                "appends: {} users and {total} events, the limits are {MAX_BATCH} and {MAX_BATCH_EVENTS}",
+                appends.len()
+            )));
+        }
+        self.append_batch(appends).await?;
+        Ok(())
     }
 
     async fn ready(&self) -> Readiness {

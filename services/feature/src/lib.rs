@@ -33,6 +33,7 @@ pub const WRITE_RPCS: &[&str] = &[
     "PutRecallPools",
     "PutPopularItems",
     "AppendEvents",
+    "AppendEventsBatch",
     "ActivateVersion",
 ];
 

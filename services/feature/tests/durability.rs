@@ -66,6 +66,7 @@ async fn every_acknowledged_write_survives_kill_9() {
                                 kind: "click".into(),
                                 timestamp_ms: n as i64,
                                 weight: 1.0,
+                                event_id: String::new(),
                             }],
                         })
                         .await;

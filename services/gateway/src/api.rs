@@ -3,12 +3,13 @@
 use std::{collections::BTreeMap, sync::Arc};
 
 use reco_proto::gateway::v1::{self as pb, gateway_server::Gateway};
-use reco_types::{FeatureVersion, ItemId, Scene, UserId, ValidationError};
+use reco_types::{FeatureVersion, ItemId, RawEvent, Scene, UserEvent, UserId, ValidationError};
 use tonic::{Request, Response, Status};
 
 use crate::{
     budget::parse_grpc_timeout,
     error::Error,
+    events::{self, AppendError, Recorder},
     merge::DropReason,
     pipeline::{Pipeline, Query},
 };
@@ -25,15 +26,58 @@ const MAX_EXPLAIN_ITEMS: usize = 100;
 /// Most on-demand sources one call may name.
 const MAX_INCLUDE_SOURCES: usize = 16;
 
+/// Most events in one RecordEvents call.
+pub const MAX_EVENTS: usize = 1_000;
+
 /// The Gateway implementation.
 pub struct GatewayApi {
     pipeline: Arc<Pipeline>,
+    recorder: Arc<Recorder>,
 }
 
 impl GatewayApi {
-    pub fn new(pipeline: Arc<Pipeline>) -> Self {
-        Self { pipeline }
+    pub fn new(pipeline: Arc<Pipeline>, recorder: Arc<Recorder>) -> Self {
+        Self { pipeline, recorder }
     }
+}
+
+/// Checks every event of a RecordEvents call; the first bad one refuses the call, named by its position.
+fn user_events(events: Vec<pb::UserEvent>) -> Result<Vec<UserEvent>, ValidationError> {
+    if events.is_empty() {
+        return Err(ValidationError::new("events", "must not be empty"));
+    }
+    if events.len() > MAX_EVENTS {
+        return Err(ValidationError::new(
+            "events",
+            format!("has {} events, the limit is {MAX_EVENTS}", events.len()),
+        ));
+    }
+    let now = reco_types::now_ms();
+    reco_types::each("events", events, |e| {
+        let pb::UserEvent {
+            user_id,
+            item_id,
+            target_user_id,
+            kind,
+            weight,
+            timestamp_ms,
+            request_id,
+            scene,
+            event_id,
+        } = e;
+        let raw = RawEvent {
+            user_id,
+            item_id,
+            target_user_id,
+            kind,
+            weight,
+            timestamp_ms,
+            request_id,
+            scene,
+            event_id,
+        };
+        UserEvent::parse(raw, events::fresh_id, now)
+    })
 }
 
 fn query(
@@ -143,17 +187,46 @@ fn drop_reason(r: Option<DropReason>) -> pb::DropReason {
     }
 }
 
+/// The deadline the caller sent (`grpc-timeout`), if any.
+fn caller_timeout<T>(request: &Request<T>) -> Option<std::time::Duration> {
+    request
+        .metadata()
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_grpc_timeout)
+}
+
 #[tonic::async_trait]
 impl Gateway for GatewayApi {
+    async fn record_events(
+        &self,
+        request: Request<pb::RecordEventsRequest>,
+    ) -> Result<Response<pb::RecordEventsResponse>, Status> {
+        // The call answers a little before the caller's deadline, with what is pending, rather than past it.
+        let wait = caller_timeout(&request).map(|t| t.mul_f64(0.8));
+        let events = user_events(request.into_inner().events).map_err(Error::from)?;
+        let event_ids = events::ids(&events);
+        let recorded = self
+            .recorder
+            .record(events, wait)
+            .await
+            .map_err(|e| match e {
+                AppendError::Full(full) => Status::resource_exhausted(full.to_string()),
+                AppendError::Io(io) => Status::unavailable(io.to_string()),
+            })?;
+        Ok(Response::new(pb::RecordEventsResponse {
+            accepted: recorded.accepted,
+            duplicates: recorded.duplicates,
+            pending: recorded.pending,
+            event_ids: event_ids.into_iter().map(Into::into).collect(),
+        }))
+    }
+
     async fn recommend(
         &self,
         request: Request<pb::RecommendRequest>,
     ) -> Result<Response<pb::RecommendResponse>, Status> {
-        let caller_timeout = request
-            .metadata()
-            .get("grpc-timeout")
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_grpc_timeout);
+        let caller_timeout = caller_timeout(&request);
         let q = query(request.into_inner(), caller_timeout).map_err(Error::from)?;
         let request_id = uuid::Uuid::new_v4().to_string();
         tracing::Span::current().record("request_id", request_id.as_str());

@@ -147,6 +147,21 @@ pub struct Config {
     /// Result-cache TTL, ms.
     #[arg(long, env = "RECO_RESULT_TTL_MS", default_value_t = 300_000)]
     pub result_ttl_ms: u64,
+
+    /// The event outbox: a file where RecordEvents keeps every accepted event until the feature, cache and
+    /// graph services have applied it (docs/events.md).
+    #[arg(long, env = "RECO_EVENT_OUTBOX", default_value = "data/gateway/events.redb")]
+    pub event_outbox: PathBuf,
+    /// Most events the outbox holds waiting for a service; past it RecordEvents answers RESOURCE_EXHAUSTED.
+    #[arg(long, env = "RECO_EVENT_OUTBOX_CAPACITY", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub event_outbox_capacity: u64,
+    /// How many of the latest event ids are remembered, so an event sent again is not applied again.
+    #[arg(long, env = "RECO_EVENT_DEDUPE_IDS", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub event_dedupe_ids: u64,
+    /// Longest a RecordEvents call waits for its events to be applied before answering (they are on disk
+    /// already), ms; a caller's smaller grpc-timeout shrinks it. 0 answers as soon as they are on disk.
+    #[arg(long, env = "RECO_EVENT_WAIT_MS", default_value_t = 1_000)]
+    pub event_wait_ms: u64,
 }
 
 impl Default for Config {
@@ -156,6 +171,16 @@ impl Default for Config {
 }
 
 impl Config {
+    /// Where and how RecordEvents keeps events.
+    pub(crate) fn events_plan(&self) -> crate::events::EventsPlan {
+        crate::events::EventsPlan {
+            outbox: self.event_outbox.clone(),
+            capacity: self.event_outbox_capacity,
+            dedupe: self.event_dedupe_ids,
+            wait: Duration::from_millis(self.event_wait_ms),
+        }
+    }
+
     pub fn listen_addr(&self) -> SocketAddr {
         self.server.listen_or(DEFAULT_PORT)
     }

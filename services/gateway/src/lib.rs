@@ -6,15 +6,21 @@
 //!                              │            └─▶ Downstreams: feature, cache, vector-recall, graph-recall, ranking
 //!                              │                 (reco-client: over gRPC, or the services' own code in process)
 //!                              ◀── items + stage reports (ok / timeout / error / skipped / cached) + degraded
+//!   caller ──RecordEvents──▶ GatewayApi ──▶ events::Recorder ──▶ outbox file ──▶ a worker per sink
+//!                                                                (feature sequence, cache, graph)
 //! ```
 //!
 //! How the modules depend on each other (no circles): `api` → `pipeline` → `plan`, `resilience`, `merge`,
-//! `budget`, `metrics`; `config` → `plan` → `resilience` → `metrics`.
+//! `budget`, `metrics`; `api` → `events` → `metrics`; `config` → `plan` → `resilience` → `metrics`;
+//! `config` → `events`.
 
 mod api;
 mod budget;
 mod config;
 mod error;
+mod events;
+#[cfg(test)]
+mod fakes;
 pub mod merge;
 mod metrics;
 mod pipeline;
@@ -35,7 +41,7 @@ use reco_server::GrpcServer;
 pub const API: &str = "reco.gateway.v1.Gateway";
 
 /// The RPCs that change data: with `--auth-tokens-file`, only callers with the write permission may call them.
-pub const WRITE_RPCS: &[&str] = &[];
+pub const WRITE_RPCS: &[&str] = &["RecordEvents"];
 
 /// Every downstream over gRPC at the configured addresses: lazily connected channels (one per service, shared by
 /// its calls: HTTP/2 multiplexes them), over TLS when `--tls-ca` is set.
@@ -57,12 +63,18 @@ pub fn grpc_downstreams(config: &Config) -> anyhow::Result<Downstreams> {
 /// The gateway over `downstreams`, however they are reached, ready to serve once they are.
 pub fn server(config: &Config, downstreams: Downstreams) -> anyhow::Result<GrpcServer> {
     let pipeline = Arc::new(Pipeline::new(config.plan()?, &downstreams));
+    let recorder = events::Recorder::start(&config.events_plan(), downstreams.clone())?;
     let background = pipeline.clone();
+    let event_workers = recorder.clone();
     Ok(GrpcServer::new("gateway", config.server.clone())
         .write_rpcs(API, WRITE_RPCS)
-        .add_service(GatewayServer::new(GatewayApi::new(pipeline)))
-        // Result-cache and impression writes started by answered requests complete before the process exits.
-        .after_drain(async move { background.finish_background().await })
+        .add_service(GatewayServer::new(GatewayApi::new(pipeline, recorder)))
+        // Result-cache and impression writes started by answered requests complete before the process exits; the
+        // event workers finish the batch they are applying (what is left waits in the outbox).
+        .after_drain(async move {
+            background.finish_background().await;
+            event_workers.finish().await;
+        })
         .readiness(move || {
             let d = downstreams.clone();
             async move { d.ready().await }

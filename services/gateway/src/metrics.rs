@@ -8,12 +8,18 @@
 //! | `reco.gateway.recommend.duration` | histogram, ms | `outcome` (ok, degraded, cached, refused) |
 //! | `reco.gateway.breaker.transitions` | counter | `downstream`, `state` (open, half_open, closed) |
 //! | `reco.gateway.hedges` | counter | `outcome` (not_needed, first_won, second_won) |
+//! | `reco.gateway.events.recorded` | counter | `outcome` (accepted, duplicate) |
+//! | `reco.gateway.events.applied` | counter | `sink` (feature, cache, graph) |
+//! | `reco.gateway.events.apply.duration` | histogram, ms | `sink`: one batch applied |
+//! | `reco.gateway.events.failures` | counter | `sink`: a batch its service did not take (it is tried again) |
+//! | `reco.gateway.events.refused` | counter | `sink`: an event its service refused (dropped) |
+//! | `reco.gateway.events.pending` | gauge | `sink`: events in the outbox the sink has not applied |
 
 use std::{sync::OnceLock, time::Duration};
 
 use opentelemetry::{
     KeyValue, global,
-    metrics::{Counter, Histogram},
+    metrics::{Counter, Gauge, Histogram},
 };
 use reco_types::StageStatus;
 
@@ -29,6 +35,12 @@ struct Instruments {
     recommend_duration: Histogram<f64>,
     breaker_transitions: Counter<u64>,
     hedges: Counter<u64>,
+    events_recorded: Counter<u64>,
+    events_applied: Counter<u64>,
+    events_apply_duration: Histogram<f64>,
+    events_failures: Counter<u64>,
+    events_refused: Counter<u64>,
+    events_pending: Gauge<u64>,
 }
 
 fn instruments() -> &'static Instruments {
@@ -59,6 +71,32 @@ fn instruments() -> &'static Instruments {
             hedges: meter
                 .u64_counter("reco.gateway.hedges")
                 .with_description("Hedged calls, by which call answered first")
+                .build(),
+            events_recorded: meter
+                .u64_counter("reco.gateway.events.recorded")
+                .with_description("Events taken by RecordEvents: accepted, or duplicates of accepted ones")
+                .build(),
+            events_applied: meter
+                .u64_counter("reco.gateway.events.applied")
+                .with_description("Events applied, by sink")
+                .build(),
+            events_apply_duration: meter
+                .f64_histogram("reco.gateway.events.apply.duration")
+                .with_unit("ms")
+                .with_description("One batch of events applied, by sink")
+                .with_boundaries(BOUNDS_MS.to_vec())
+                .build(),
+            events_failures: meter
+                .u64_counter("reco.gateway.events.failures")
+                .with_description("Batches of events a sink's service did not take (tried again)")
+                .build(),
+            events_refused: meter
+                .u64_counter("reco.gateway.events.refused")
+                .with_description("Events a sink's service refused as invalid (dropped)")
+                .build(),
+            events_pending: meter
+                .u64_gauge("reco.gateway.events.pending")
+                .with_description("Events in the outbox a sink has not applied")
                 .build(),
         }
     })
@@ -104,4 +142,44 @@ pub fn hedge(outcome: &'static str) {
     instruments()
         .hedges
         .add(1, &[KeyValue::new("outcome", outcome)]);
+}
+
+/// Events a RecordEvents call took.
+pub fn events_recorded(accepted: u64, duplicates: u64) {
+    let i = instruments();
+    i.events_recorded
+        .add(accepted, &[KeyValue::new("outcome", "accepted")]);
+    if duplicates > 0 {
+        i.events_recorded
+            .add(duplicates, &[KeyValue::new("outcome", "duplicate")]);
+    }
+}
+
+/// A batch of events a sink applied.
+pub fn events_applied(sink: &'static str, n: u64, elapsed: Duration) {
+    let i = instruments();
+    let attrs = [KeyValue::new("sink", sink)];
+    i.events_applied.add(n, &attrs);
+    i.events_apply_duration.record(ms(elapsed), &attrs);
+}
+
+/// A batch a sink's service did not take.
+pub fn events_failed(sink: &'static str) {
+    instruments()
+        .events_failures
+        .add(1, &[KeyValue::new("sink", sink)]);
+}
+
+/// An event a sink's service refused.
+pub fn events_refused(sink: &'static str) {
+    instruments()
+        .events_refused
+        .add(1, &[KeyValue::new("sink", sink)]);
+}
+
+/// Events waiting for a sink.
+pub fn events_pending(sink: &'static str, n: u64) {
+    instruments()
+        .events_pending
+        .record(n, &[KeyValue::new("sink", sink)]);
 }

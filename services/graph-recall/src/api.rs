@@ -3,7 +3,7 @@
 use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
-use reco_client::{GraphQuery, Hit, Readiness};
+use reco_client::{GraphEdge, GraphQuery, Hit, Readiness};
 use reco_graph_store::{
     Edge, EdgeKind, GraphStore, MAX_K, MAX_STEPS, RecallQuery, RecallResult, Strategy, TargetKind,
 };
@@ -210,6 +210,27 @@ impl reco_client::GraphRecall for GraphApi {
                 })
             })
             .collect())
+    }
+
+    #[tracing::instrument(
+        name = "in_process",
+        skip_all,
+        fields(
+            service = "graph-recall",
+            rpc = "/reco.graph_recall.v1.GraphRecall/AddEdges"
+        )
+    )]
+    async fn add_edges(&self, list: Vec<GraphEdge>, _budget: Duration) -> reco_client::Result<()> {
+        check_batch("edges", list.len()).map_err(Error::from)?;
+        let edges = list
+            .into_iter()
+            .map(|e| match e {
+                GraphEdge::Follows { user, followee } => Edge::Follows { user, followee },
+                GraphEdge::Engaged { user, item, weight } => Edge::Engaged { user, item, weight },
+            })
+            .collect();
+        self.store.add_edges(edges).await.map_err(Error::from)?;
+        Ok(())
     }
 
     async fn ready(&self) -> Readiness {

@@ -22,7 +22,8 @@ use tonic::Status;
 
 pub use self::ranking::{GrpcRanking, RankWire};
 use crate::{
-    BeginQuery, Begun, Cache, CachedResult, CapQuery, Feature, GraphQuery, GraphRecall, Hit,
+    BeginQuery, Begun, Cache, CachedResult, CapQuery, EventAppend, EventPush, Feature, GraphEdge,
+    GraphQuery, GraphRecall, Hit,
     ItemsQuery, PopularQuery, RateDecision, Readiness, Result, SearchQuery, UserContext,
     UserContextQuery, VectorQuery, VectorRecall, Writes,
 };
@@ -159,6 +160,22 @@ impl Feature for GrpcFeature {
         Ok(hits(r.items.into_iter().map(|c| (c.item_id, c.score))))
     }
 
+    async fn append_events(&self, appends: Vec<EventAppend>, budget: Duration) -> Result<()> {
+        let message = feature_pb::AppendEventsBatchRequest {
+            appends: appends
+                .into_iter()
+                .map(|a| feature_pb::AppendEventsRequest {
+                    user_id: user(&a.user_id),
+                    events: a.events.into_iter().map(Into::into).collect(),
+                })
+                .collect(),
+        };
+        self.client()
+            .append_events_batch(request(message, budget))
+            .await?;
+        Ok(())
+    }
+
     async fn ready(&self) -> Readiness {
         health(&self.channel).await
     }
@@ -198,6 +215,10 @@ impl Cache for GrpcCache {
             read_result: q.read_result,
             scene: q.scene.to_string(),
             recent_events: q.recent_events,
+            frequency_cap: q.frequency_cap.map(|(cap, window)| cache_pb::FrequencyCap {
+                cap,
+                window_ms: window.as_millis() as u64,
+            }),
         };
         let r = self
             .client()
@@ -266,6 +287,23 @@ impl Cache for GrpcCache {
         self.client()
             .put_recommendations_batch(request(message, budget))
             .await?;
+        Ok(())
+    }
+
+    async fn push_events(&self, p: EventPush, budget: Duration) -> Result<()> {
+        let message = cache_pb::PushEventsRequest {
+            users: p
+                .users
+                .into_iter()
+                .map(|a| cache_pb::UserEvents {
+                    user_id: user(&a.user_id),
+                    events: a.events.into_iter().map(Into::into).collect(),
+                })
+                .collect(),
+            max_len: 0,
+            invalidate_results: p.invalidate_results,
+        };
+        self.client().push_events(request(message, budget)).await?;
         Ok(())
     }
 
@@ -347,6 +385,32 @@ impl GraphRecall for GrpcGraphRecall {
                 .filter(|c| c.kind == graph_pb::TargetKind::Item as i32)
                 .map(|c| (c.id, c.score)),
         ))
+    }
+
+    async fn add_edges(&self, edges: Vec<GraphEdge>, budget: Duration) -> Result<()> {
+        let edge = |src: &str, dst: &str, kind: graph_pb::EdgeKind, weight: f32| graph_pb::Edge {
+            src: src.to_string(),
+            dst: dst.to_string(),
+            kind: kind as i32,
+            weight,
+        };
+        let message = graph_pb::AddEdgesRequest {
+            edges: edges
+                .iter()
+                .map(|e| match e {
+                    GraphEdge::Follows { user, followee } => {
+                        edge(user.as_str(), followee.as_str(), graph_pb::EdgeKind::Follows, 1.0)
+                    }
+                    GraphEdge::Engaged { user, item, weight } => {
+                        edge(user.as_str(), item.as_str(), graph_pb::EdgeKind::Engaged, *weight)
+                    }
+                })
+                .collect(),
+        };
+        GraphRecallClient::new(self.channel.clone())
+            .add_edges(request(message, budget))
+            .await?;
+        Ok(())
     }
 
     async fn ready(&self) -> Readiness {

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use reco_client::{BeginQuery, Begun, RateLimit};
-use reco_types::{Candidate, Event, StageReport, StageStatus};
+use reco_types::{Candidate, Event, ItemId, StageReport, StageStatus};
 
 use super::{
     request::{Refused, Run, Step},
@@ -40,6 +40,8 @@ pub struct Admission {
     budget: Duration,
     rate_limit: Option<(u32, Duration)>,
     fail_open: bool,
+    frequency_cap: Option<(u32, Duration)>,
+    blocklist: foldhash::HashSet<ItemId>,
 }
 
 impl Admission {
@@ -49,6 +51,8 @@ impl Admission {
             budget: plan.cache_budget,
             rate_limit: plan.rate_limit,
             fail_open: plan.rate_limit_fail_open,
+            frequency_cap: plan.frequency_cap,
+            blocklist: plan.blocklist.iter().cloned().collect(),
         }
     }
 
@@ -68,6 +72,8 @@ impl Admission {
             }),
             read_result,
             recent_events: RECENT_CLICKS,
+            // The cache service leaves out of a cached answer what is over the cap now.
+            frequency_cap: self.frequency_cap.filter(|_| read_result),
         };
         let mut begun = stage::call(SPAN, budget, &self.begin, query).await;
         let admission = self.admission(run, &begun)?;
@@ -82,12 +88,35 @@ impl Admission {
             run.report(StageReport::skipped("result_cache", why));
         } else {
             let hit = begun.value.as_mut().and_then(|b| b.result.take());
+            let recent = begun
+                .value
+                .as_ref()
+                .map(|b| b.recent_events.as_slice())
+                .unwrap_or_default();
             match hit.filter(|h| !h.items.is_empty()) {
                 Some(hit) => {
-                    report.status = StageStatus::Cached;
-                    report.candidates_out = hit.items.len() as u32;
+                    let cached = hit.items.len();
+                    let items = self.still_good(hit.items, recent);
+                    if items.len() >= q.count {
+                        report.status = StageStatus::Cached;
+                        report.candidates_in = cached as u32;
+                        report.candidates_out = items.len() as u32;
+                        if items.len() < cached {
+                            report.detail = format!(
+                                "{} of the cached items left out: engaged with since, blocked or over the frequency cap",
+                                cached - items.len()
+                            );
+                        }
+                        run.report(report);
+                        return Ok(Start::Cached(items));
+                    }
+                    report.candidates_in = cached as u32;
+                    report.detail = format!(
+                        "the cached answer has {} items the user may still see, fewer than the {} asked: a fresh one",
+                        items.len(),
+                        q.count
+                    );
                     run.report(report);
-                    return Ok(Start::Cached(hit.items));
                 }
                 None => run.report(report),
             }
@@ -96,6 +125,19 @@ impl Admission {
             report: begun.part("user_context.recent_clicks"),
             recent_clicks: begun.value.map(|b| b.recent_events).unwrap_or_default(),
         })
+    }
+
+    /// The cached items the user may see now: not engaged with since the answer was made (their recent events),
+    /// not blocked since. Those over the frequency cap the cache service has left out already. Every event also
+    /// drops the user's cached answers; this holds the line when that has not happened yet (the cache service was
+    /// down when the event came, so the event waits in the outbox).
+    fn still_good(&self, mut items: Vec<Candidate>, recent: &[Event]) -> Vec<Candidate> {
+        if recent.is_empty() && self.blocklist.is_empty() {
+            return items;
+        }
+        let seen: foldhash::HashSet<&ItemId> = recent.iter().map(|e| &e.item_id).collect();
+        items.retain(|c| !seen.contains(&c.item_id) && !self.blocklist.contains(&c.item_id));
+        items
     }
 
     /// Admission from the rate check's part of the call: refused, admitted, or failed open or closed.

@@ -70,9 +70,9 @@ impl AfterAnswer {
             // The cache is known to be down: do not queue writes that would only time out.
             return;
         }
-        let write = if answer.degraded {
-            // A degraded answer is not cached, so the next call gets a chance at a full one; its items were shown
-            // all the same. Queued with the results, not a call of its own: under overload most answers are
+        let write = if answer.degraded || answer.from_cache {
+            // A degraded answer is not cached, so the next call gets a chance at a full one, and a cached one is
+            // cached already; either way its items were shown. Queued with the results, not a call of its own: under overload most answers are
             // degraded, and a call each would add to the load that degraded them.
             Write::Impressions(ImpressionWrite {
                 user_id: q.user_id.clone(),

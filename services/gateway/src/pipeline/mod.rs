@@ -139,7 +139,12 @@ impl Pipeline {
     async fn run(&self, q: &Query) -> Result<Answer, Refused> {
         let mut run = Run::new(q, self.total, &self.reserves);
         let (recent_clicks, clicks_report) = match self.admission.run(&mut run).await? {
-            Start::Cached(items) => return Ok(cached(run, items)),
+            Start::Cached(items) => {
+                // Shown again: its impressions count toward the frequency cap.
+                let answer = cached(run, items);
+                self.after_answer.queue(q, &answer);
+                return Ok(answer);
+            }
             Start::Fresh {
                 recent_clicks,
                 report,
