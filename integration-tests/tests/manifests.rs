@@ -134,6 +134,26 @@ fn every_service_has_probes_resources_and_a_service_on_its_port() {
 
     // The gateway reaches every other service through its Service on that Service's port.
     let gateway_config = config_maps["reco-gateway"];
+    // Its event outbox is on a volume (the root filesystem is read-only).
+    let outbox = gateway_config["data"]["RECO_EVENT_OUTBOX"]
+        .as_str()
+        .expect("the gateway's RECO_EVENT_OUTBOX is configured");
+    let gateway = &deployments["reco-gateway"]["spec"]["template"]["spec"];
+    let mounts = gateway["containers"][0]["volumeMounts"]
+        .as_vec()
+        .expect("the gateway mounts a volume");
+    let mount = mounts
+        .iter()
+        .find(|m| outbox.starts_with(m["mountPath"].as_str().unwrap()))
+        .unwrap_or_else(|| panic!("no volume holds the outbox {outbox}"));
+    assert!(
+        gateway["volumes"]
+            .as_vec()
+            .unwrap()
+            .iter()
+            .any(|v| v["name"] == mount["name"]),
+        "the outbox's volume is declared"
+    );
     for var in [
         "RECO_FEATURE_ADDR",
         "RECO_CACHE_ADDR",

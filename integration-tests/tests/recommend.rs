@@ -284,6 +284,9 @@ async fn ranking_down_degrades_to_recall_order_and_says_so(wiring: Wiring) {
         .unwrap();
     let mut cfg = t.platform.gateway_config.clone();
     cfg.ranking_addr = dead.to_string();
+    // Its own event outbox: the platform's gateway holds the other.
+    let outbox = tempfile::tempdir().unwrap();
+    cfg.event_outbox = outbox.path().join("events.redb");
     // Everything else as the platform's gateway reaches it (in process, or over gRPC).
     let mut downstreams = t.platform.downstreams().unwrap();
     downstreams.ranking = reco_gateway::grpc_downstreams(&cfg).unwrap().ranking;

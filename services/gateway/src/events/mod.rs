@@ -37,6 +37,8 @@ use self::{outbox::Outbox, sinks::SINKS};
 const APPLY_BATCH: usize = 1_000;
 /// How long one apply call may take before it counts as failed and is tried again.
 const APPLY_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest the workers go on applying the backlog once the gateway stops (inside Kubernetes' 30 s grace).
+const DRAIN_LIMIT: Duration = Duration::from_secs(20);
 /// Retry backoff after a failed apply: doubling from the first to the last.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(2));
 
@@ -164,13 +166,17 @@ impl Recorder {
         })
     }
 
-    /// Stops the workers once each has finished the batch it is applying; what is left stays in the outbox for
-    /// the next start.
+    /// Stops the workers once each has applied what waits for it (a sink that fails stops at once), for at most
+    /// [`DRAIN_LIMIT`]; what is left stays in the outbox for the next start.
     pub fn finish(&self) -> impl std::future::Future<Output = ()> + use<> {
         self.closing.cancel();
         self.tasks.close();
         let tasks = self.tasks.clone();
-        async move { tasks.wait().await }
+        async move {
+            if tokio::time::timeout(DRAIN_LIMIT, tasks.wait()).await.is_err() {
+                warn!("events still wait in the outbox after {DRAIN_LIMIT:?}: the next start applies them");
+            }
+        }
     }
 
     /// One sink's worker: applies what is after its cursor, in batches, until closing.
@@ -179,9 +185,6 @@ impl Recorder {
         let mut head = self.head.subscribe();
         let mut backoff = BACKOFF.0;
         loop {
-            if self.closing.is_cancelled() {
-                return;
-            }
             let cursor = self.sinks.borrow()[index].cursor;
             let outbox = self.outbox.clone();
             let batch = match tokio::task::spawn_blocking(move || outbox.read(cursor, APPLY_BATCH))
@@ -191,11 +194,17 @@ impl Recorder {
                 Ok(b) => b,
                 Err(e) => {
                     warn!(error = %e, "cannot read the outbox");
+                    if self.closing.is_cancelled() {
+                        return;
+                    }
                     self.pause(&mut backoff).await;
                     continue;
                 }
             };
             let Some(&(last, _)) = batch.last() else {
+                if self.closing.is_cancelled() {
+                    return; // drained
+                }
                 // Nothing to do until new events come (or, as a safeguard, a second passes).
                 head.mark_unchanged();
                 tokio::select! {
@@ -231,6 +240,9 @@ impl Recorder {
                             .expect("the outbox advance does not panic");
                     if let Err(e) = advanced {
                         warn!(error = %e, "cannot move the sink's cursor");
+                        if self.closing.is_cancelled() {
+                            return;
+                        }
                         self.pause(&mut backoff).await;
                         continue;
                     }
@@ -258,6 +270,9 @@ impl Recorder {
                     }
                     self.sinks.send_modify(|s| s[index].failing = true);
                     crate::metrics::events_failed(sink);
+                    if self.closing.is_cancelled() {
+                        return; // what is left waits for the next start
+                    }
                     self.pause(&mut backoff).await;
                 }
             }
@@ -287,6 +302,7 @@ impl Recorder {
         Ok(applied)
     }
 
+    /// Waits out the backoff (returning at once when closing, where the caller's loop ends at its next check).
     async fn pause(&self, backoff: &mut Duration) {
         tokio::select! {
             _ = tokio::time::sleep(*backoff) => {}
@@ -443,6 +459,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn stopping_applies_what_waits_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = Fixture::new();
+        let mut p = plan(&dir, Duration::ZERO);
+        p.capacity = 10_000;
+        let r = Recorder::start(&p, f.downstreams()).unwrap();
+        // More than one apply batch, answered as soon as it is on disk.
+        let events: Vec<UserEvent> = (0..2_500)
+            .map(|i| ev("u1", "click", &format!("i{i}"), &format!("e{i}")))
+            .collect();
+        r.record(events, None).await.unwrap();
+        r.finish().await;
+        assert_eq!(pushed_ids(&f).len(), 2_500);
+        assert_eq!(appended_ids(&f).len(), 2_500);
+    }
+
+    #[tokio::test]
     async fn a_full_outbox_refuses_new_events() {
         let dir = tempfile::tempdir().unwrap();
         let f = Fixture::new();
@@ -453,6 +486,11 @@ mod tests {
         r.record(vec![ev("u1", "click", "i1", "e1"), ev("u1", "click", "i2", "e2")], None)
             .await
             .unwrap();
+        // The others take them; the graph holds them back.
+        until("the feature and cache services take both", || {
+            appended_ids(&f).len() == 2 && pushed_ids(&f).len() == 2
+        })
+        .await;
         let err = r.record(vec![ev("u1", "click", "i3", "e3")], None).await.unwrap_err();
         let AppendError::Full(full) = err else { panic!("{err}") };
         assert_eq!(full.sink, "graph", "{full}");
