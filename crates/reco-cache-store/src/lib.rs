@@ -72,7 +72,8 @@ pub trait CacheStore: Send + Sync + 'static {
     }
     /// Pushes events (oldest first), keeping the last `max_len`, and leaving out each event whose id the list
     /// holds already (a retry, a replay); returns the new length.
-    async fn push_events(&self, user: &UserId, events: Vec<Event>, max_len: usize) -> Result<usize>;
+    async fn push_events(&self, user: &UserId, events: Vec<Event>, max_len: usize)
+    -> Result<usize>;
     /// The last `limit` events (0 = all kept), most recent first.
     async fn recent_events(&self, user: &UserId, limit: usize) -> Result<Vec<Event>>;
 

@@ -416,7 +416,12 @@ impl CacheStore for RedisCacheStore {
         Ok(n as usize)
     }
 
-    async fn push_events(&self, user: &UserId, events: Vec<Event>, max_len: usize) -> Result<usize> {
+    async fn push_events(
+        &self,
+        user: &UserId,
+        events: Vec<Event>,
+        max_len: usize,
+    ) -> Result<usize> {
         let mut args = Vec::with_capacity(2 + 2 * events.len());
         args.push((max_len.max(1) as i64).into());
         args.push((SEQUENCE_TTL.as_millis() as i64).into());

@@ -109,11 +109,18 @@ pub async fn events_are_pushed_once_by_id(store: &dyn CacheStore, p: &str) {
             .unwrap()
             .with_id(id.map(|i| reco_types::EventId::parse("event_id", i).unwrap()))
     };
-    let first = vec![ev("a", Some("e1")), ev("b", Some("e2")), ev("b", Some("e2"))];
+    let first = vec![
+        ev("a", Some("e1")),
+        ev("b", Some("e2")),
+        ev("b", Some("e2")),
+    ];
     assert_eq!(store.push_events(&u, first, 10).await.unwrap(), 2);
     let again = vec![ev("a", Some("e1")), ev("c", None), ev("c", None)];
     assert_eq!(store.push_events(&u, again, 10).await.unwrap(), 4);
-    assert_eq!(store.push_event(&u, ev("b", Some("e2")), 10).await.unwrap(), 4);
+    assert_eq!(
+        store.push_event(&u, ev("b", Some("e2")), 10).await.unwrap(),
+        4
+    );
     let got = store.recent_events(&u, 0).await.unwrap();
     let items: Vec<_> = got.iter().map(|e| e.item_id.as_str()).collect();
     assert_eq!(items, ["c", "c", "b", "a"], "most recent first");

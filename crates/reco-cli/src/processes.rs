@@ -223,6 +223,10 @@ impl ProcessPlatform {
                     format!("--vector-addr={}", reach("vector-recall", a.vector)),
                     format!("--graph-addr={}", reach("graph-recall", a.graph)),
                     format!("--ranking-addr={}", reach("ranking", a.ranking)),
+                    format!(
+                        "--event-outbox={}",
+                        data_dir.join("gateway").join("events.redb").display()
+                    ),
                 ],
                 extra("gateway"),
             ]

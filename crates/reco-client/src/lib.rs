@@ -238,8 +238,15 @@ pub trait GraphRecall: Send + Sync + 'static {
 /// An edge events add to the graph.
 #[derive(Clone, Debug, PartialEq)]
 pub enum GraphEdge {
-    Follows { user: UserId, followee: UserId },
-    Engaged { user: UserId, item: ItemId, weight: f32 },
+    Follows {
+        user: UserId,
+        followee: UserId,
+    },
+    Engaged {
+        user: UserId,
+        item: ItemId,
+        weight: f32,
+    },
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -293,7 +293,12 @@ pub fn derive(data: &Dataset, seed: u64) -> Snapshot {
                     kind: click.clone(),
                     timestamp_ms: *t,
                     weight: *r,
-                    id: Some(history_event_id(&data.users[u].id, &data.items[*i].id, *t, *r)),
+                    id: Some(history_event_id(
+                        &data.users[u].id,
+                        &data.items[*i].id,
+                        *t,
+                        *r,
+                    )),
                 })
                 .collect();
             (uid(u), events)

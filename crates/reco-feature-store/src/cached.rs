@@ -197,7 +197,8 @@ impl FeatureStore for CachedFeatureStore {
         appends: Vec<(UserId, Vec<Event>)>,
         max_len: usize,
     ) -> Result<Vec<usize>> {
-        let users: std::collections::HashSet<UserId> = appends.iter().map(|(u, _)| u.clone()).collect();
+        let users: std::collections::HashSet<UserId> =
+            appends.iter().map(|(u, _)| u.clone()).collect();
         let lengths = self.inner.append_events_batch(appends, max_len).await?;
         // One predicate for the batch, not one per user: the cache tests each on its entries.
         self.contexts

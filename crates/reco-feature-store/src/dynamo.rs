@@ -44,8 +44,8 @@ use opentelemetry::{KeyValue, metrics::Counter};
 use parking_lot::Mutex;
 use reco_aws::AwsSettings;
 use reco_types::{
-    Candidate, Embedding, Event, EventId, FeatureValue, FeatureVersion, Features, Item, ItemId, Name, User,
-    UserId,
+    Candidate, Embedding, Event, EventId, FeatureValue, FeatureVersion, Features, Item, ItemId,
+    Name, User, UserId,
 };
 
 use crate::{FeatureStore, FeatureStoreError, INITIAL_VERSION, Result, UserContext, VersionSel};
@@ -543,7 +543,12 @@ impl DynamoFeatureStore {
     /// One user's append: read the sequence (strongly consistent), leave out the events it holds already
     /// ([`reco_types::append_unique`]), trim, and write it back on condition that nobody wrote between (the
     /// sequence's `rev` counter); a lost race reads again, at most [`APPEND_ATTEMPTS`] times.
-    async fn append_user(&self, user_id: &UserId, events: Vec<Event>, max_len: usize) -> Result<usize> {
+    async fn append_user(
+        &self,
+        user_id: &UserId,
+        events: Vec<Event>,
+        max_len: usize,
+    ) -> Result<usize> {
         let table = &self.tables.realtime;
         for _ in 0..APPEND_ATTEMPTS {
             let out = self
@@ -568,7 +573,9 @@ impl DynamoFeatureStore {
             };
             let rev = match row.get("rev") {
                 None => None,
-                Some(AttributeValue::N(n)) => Some(n.parse::<u64>().map_err(|e| corrupt(table, e))?),
+                Some(AttributeValue::N(n)) => {
+                    Some(n.parse::<u64>().map_err(|e| corrupt(table, e))?)
+                }
                 Some(_) => return Err(corrupt(table, "rev")),
             };
             if reco_types::append_unique(&mut seq, events.clone(), max_len) == 0 {

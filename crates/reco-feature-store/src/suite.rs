@@ -149,7 +149,11 @@ pub async fn appends_are_idempotent_by_event_id(store: &dyn FeatureStore) {
             .unwrap()
             .with_id(id.map(|i| reco_types::EventId::parse("event_id", i).unwrap()))
     };
-    let first = vec![ev("i1", Some("e1")), ev("i2", Some("e2")), ev("i2", Some("e2"))];
+    let first = vec![
+        ev("i1", Some("e1")),
+        ev("i2", Some("e2")),
+        ev("i2", Some("e2")),
+    ];
     assert_eq!(store.append_events(&a, first, 10).await.unwrap(), 2);
     let again = vec![ev("i1", Some("e1")), ev("i3", Some("e3")), ev("i9", None)];
     assert_eq!(store.append_events(&a, again, 10).await.unwrap(), 4);

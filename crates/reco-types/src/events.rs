@@ -154,7 +154,10 @@ impl UserEvent {
             if !item_id.is_empty() {
                 return Err(ValidationError::new(
                     "item_id",
-                    format!("must be empty for a {} event (it names target_user_id)", kind.as_str()),
+                    format!(
+                        "must be empty for a {} event (it names target_user_id)",
+                        kind.as_str()
+                    ),
                 ));
             }
             let target = UserId::parse("target_user_id", &target_user_id)?;
@@ -169,7 +172,10 @@ impl UserEvent {
             if !target_user_id.is_empty() {
                 return Err(ValidationError::new(
                     "target_user_id",
-                    format!("must be empty for a {} event (it names item_id)", kind.as_str()),
+                    format!(
+                        "must be empty for a {} event (it names item_id)",
+                        kind.as_str()
+                    ),
                 ));
             }
             EventTarget::Item(ItemId::parse("item_id", &item_id)?)
@@ -264,7 +270,10 @@ mod tests {
         assert_eq!(e.id.as_str(), "gen-1");
         assert_eq!(e.timestamp_ms, NOW);
         assert_eq!(e.weight, 1.0);
-        assert_eq!(e.target, EventTarget::Item(ItemId::parse("i", "i1").unwrap()));
+        assert_eq!(
+            e.target,
+            EventTarget::Item(ItemId::parse("i", "i1").unwrap())
+        );
         let s = e.sequence_event().unwrap();
         assert_eq!(s.kind.as_str(), "click");
         assert_eq!(s.id.unwrap().as_str(), "gen-1");
@@ -274,24 +283,64 @@ mod tests {
     fn names_what_is_wrong() {
         let field = |r: RawEvent| UserEvent::parse(r, || "g".into(), NOW).unwrap_err().field;
         assert_eq!(field(raw("clack")), "kind");
-        assert_eq!(field(RawEvent { user_id: "".into(), ..raw("click") }), "user_id");
-        assert_eq!(field(RawEvent { item_id: "x".repeat(300), ..raw("click") }), "item_id");
         assert_eq!(
-            field(RawEvent { timestamp_ms: NOW + 3_600_000, ..raw("click") }),
+            field(RawEvent {
+                user_id: "".into(),
+                ..raw("click")
+            }),
+            "user_id"
+        );
+        assert_eq!(
+            field(RawEvent {
+                item_id: "x".repeat(300),
+                ..raw("click")
+            }),
+            "item_id"
+        );
+        assert_eq!(
+            field(RawEvent {
+                timestamp_ms: NOW + 3_600_000,
+                ..raw("click")
+            }),
             "timestamp_ms"
         );
-        assert_eq!(field(RawEvent { timestamp_ms: 1, ..raw("click") }), "timestamp_ms");
-        assert_eq!(field(RawEvent { weight: f32::NAN, ..raw("click") }), "weight");
+        assert_eq!(
+            field(RawEvent {
+                timestamp_ms: 1,
+                ..raw("click")
+            }),
+            "timestamp_ms"
+        );
+        assert_eq!(
+            field(RawEvent {
+                weight: f32::NAN,
+                ..raw("click")
+            }),
+            "weight"
+        );
         assert_eq!(field(raw("follow")), "item_id");
         assert_eq!(
-            field(RawEvent { item_id: "".into(), target_user_id: "u1".into(), ..raw("follow") }),
+            field(RawEvent {
+                item_id: "".into(),
+                target_user_id: "u1".into(),
+                ..raw("follow")
+            }),
             "target_user_id"
         );
         assert_eq!(
-            field(RawEvent { target_user_id: "u2".into(), ..raw("click") }),
+            field(RawEvent {
+                target_user_id: "u2".into(),
+                ..raw("click")
+            }),
             "target_user_id"
         );
-        assert_eq!(field(RawEvent { event_id: "\n".into(), ..raw("click") }), "event_id");
+        assert_eq!(
+            field(RawEvent {
+                event_id: "\n".into(),
+                ..raw("click")
+            }),
+            "event_id"
+        );
     }
 
     #[test]
@@ -302,14 +351,18 @@ mod tests {
             ..raw("follow")
         };
         let e = UserEvent::parse(r, || "g".into(), NOW).unwrap();
-        assert_eq!(e.target, EventTarget::User(UserId::parse("u", "u2").unwrap()));
+        assert_eq!(
+            e.target,
+            EventTarget::User(UserId::parse("u", "u2").unwrap())
+        );
         assert!(e.sequence_event().is_none());
     }
 
     #[test]
     fn json_records_read_the_same_fields() {
         let r: RawEvent =
-            serde_json::from_str(r#"{"user_id":"u1","item_id":"i9","kind":"like","weight":2}"#).unwrap();
+            serde_json::from_str(r#"{"user_id":"u1","item_id":"i9","kind":"like","weight":2}"#)
+                .unwrap();
         let e = UserEvent::parse(r, || "shard-1:42".into(), NOW).unwrap();
         assert_eq!(e.kind, EventKind::Like);
         assert_eq!(e.weight, 2.0);

@@ -16,11 +16,14 @@ mod stage;
 
 pub use answers::{CachedResult, RateDecision, UserContext};
 pub use error::{ValidationError, each};
+pub use events::{
+    EventKind, EventTarget, MAX_EVENT_AGE_MS, MAX_EVENT_SKEW_MS, RawEvent, UserEvent,
+};
 pub use features::{Embedding, FeatureValue, Features, dot};
-pub use events::{EventKind, EventTarget, MAX_EVENT_AGE_MS, MAX_EVENT_SKEW_MS, RawEvent, UserEvent};
 pub use ids::{EventId, FeatureVersion, ItemId, Name, Scene, UserId, check_id};
 pub use items::{
-    Candidate, Event, Item, ItemFilter, SourceHit, User, append_unique, check_batch, check_candidates,
+    Candidate, Event, Item, ItemFilter, SourceHit, User, append_unique, check_batch,
+    check_candidates,
 };
 pub use limits::*;
 pub use stage::{StageReport, StageStatus};

@@ -157,7 +157,10 @@ fn checked_push(p: &EventPush) -> Result<(), ValidationError> {
     if p.users.len() > MAX_PUSH_USERS {
         return Err(ValidationError::new(
             "users",
-            format!("has {} entries, the limit is {MAX_PUSH_USERS}", p.users.len()),
+            format!(
+                "has {} entries, the limit is {MAX_PUSH_USERS}",
+                p.users.len()
+            ),
         ));
     }
     if events > MAX_PUSH_EVENTS {
@@ -345,7 +348,9 @@ impl CacheApi {
                 0
             } else {
                 let n = u.events.len();
-                self.store.push_events(&u.user_id, u.events, max_len).await?;
+                self.store
+                    .push_events(&u.user_id, u.events, max_len)
+                    .await?;
                 n
             };
             let invalidated = if invalidate {

@@ -334,10 +334,7 @@ impl FeatureApi {
 
     /// Appends checked events, every user's in one store call.
     async fn append_batch(&self, appends: Vec<EventAppend>) -> Result<Vec<usize>, Error> {
-        let appends = appends
-            .into_iter()
-            .map(|a| (a.user_id, a.events))
-            .collect();
+        let appends = appends.into_iter().map(|a| (a.user_id, a.events)).collect();
         Ok(self
             .store
             .append_events_batch(appends, self.max_events)

@@ -150,7 +150,11 @@ pub struct Config {
 
     /// The event outbox: a file where RecordEvents keeps every accepted event until the feature, cache and
     /// graph services have applied it (docs/events.md).
-    #[arg(long, env = "RECO_EVENT_OUTBOX", default_value = "data/gateway/events.redb")]
+    #[arg(
+        long,
+        env = "RECO_EVENT_OUTBOX",
+        default_value = "data/gateway/events.redb"
+    )]
     pub event_outbox: PathBuf,
     /// Most events the outbox holds waiting for a service; past it RecordEvents answers RESOURCE_EXHAUSTED.
     #[arg(long, env = "RECO_EVENT_OUTBOX_CAPACITY", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]

@@ -74,7 +74,9 @@ fn instruments() -> &'static Instruments {
                 .build(),
             events_recorded: meter
                 .u64_counter("reco.gateway.events.recorded")
-                .with_description("Events taken by RecordEvents: accepted, or duplicates of accepted ones")
+                .with_description(
+                    "Events taken by RecordEvents: accepted, or duplicates of accepted ones",
+                )
                 .build(),
             events_applied: meter
                 .u64_counter("reco.gateway.events.applied")

@@ -23,9 +23,8 @@ use tonic::Status;
 pub use self::ranking::{GrpcRanking, RankWire};
 use crate::{
     BeginQuery, Begun, Cache, CachedResult, CapQuery, EventAppend, EventPush, Feature, GraphEdge,
-    GraphQuery, GraphRecall, Hit,
-    ItemsQuery, PopularQuery, RateDecision, Readiness, Result, SearchQuery, UserContext,
-    UserContextQuery, VectorQuery, VectorRecall, Writes,
+    GraphQuery, GraphRecall, Hit, ItemsQuery, PopularQuery, RateDecision, Readiness, Result,
+    SearchQuery, UserContext, UserContextQuery, VectorQuery, VectorRecall, Writes,
 };
 
 /// A request that tells the service how long it has.
@@ -398,12 +397,18 @@ impl GraphRecall for GrpcGraphRecall {
             edges: edges
                 .iter()
                 .map(|e| match e {
-                    GraphEdge::Follows { user, followee } => {
-                        edge(user.as_str(), followee.as_str(), graph_pb::EdgeKind::Follows, 1.0)
-                    }
-                    GraphEdge::Engaged { user, item, weight } => {
-                        edge(user.as_str(), item.as_str(), graph_pb::EdgeKind::Engaged, *weight)
-                    }
+                    GraphEdge::Follows { user, followee } => edge(
+                        user.as_str(),
+                        followee.as_str(),
+                        graph_pb::EdgeKind::Follows,
+                        1.0,
+                    ),
+                    GraphEdge::Engaged { user, item, weight } => edge(
+                        user.as_str(),
+                        item.as_str(),
+                        graph_pb::EdgeKind::Engaged,
+                        *weight,
+                    ),
                 })
                 .collect(),
         };

@@ -158,7 +158,13 @@ impl Recorder {
             rx.wait_for(|s| s.iter().all(|s| s.failing || s.cursor >= last)),
         )
         .await;
-        let slowest = self.sinks.borrow().iter().map(|s| s.cursor).min().unwrap_or(0);
+        let slowest = self
+            .sinks
+            .borrow()
+            .iter()
+            .map(|s| s.cursor)
+            .min()
+            .unwrap_or(0);
         Ok(Recorded {
             accepted: seqs.len() as u32,
             duplicates,
@@ -173,8 +179,13 @@ impl Recorder {
         self.tasks.close();
         let tasks = self.tasks.clone();
         async move {
-            if tokio::time::timeout(DRAIN_LIMIT, tasks.wait()).await.is_err() {
-                warn!("events still wait in the outbox after {DRAIN_LIMIT:?}: the next start applies them");
+            if tokio::time::timeout(DRAIN_LIMIT, tasks.wait())
+                .await
+                .is_err()
+            {
+                warn!(
+                    "events still wait in the outbox after {DRAIN_LIMIT:?}: the next start applies them"
+                );
             }
         }
     }
@@ -234,10 +245,9 @@ impl Recorder {
             match result {
                 Ok(applied) => {
                     let outbox = self.outbox.clone();
-                    let advanced =
-                        tokio::task::spawn_blocking(move || outbox.advance(sink, last))
-                            .await
-                            .expect("the outbox advance does not panic");
+                    let advanced = tokio::task::spawn_blocking(move || outbox.advance(sink, last))
+                        .await
+                        .expect("the outbox advance does not panic");
                     if let Err(e) = advanced {
                         warn!(error = %e, "cannot move the sink's cursor");
                         if self.closing.is_cancelled() {
@@ -277,7 +287,10 @@ impl Recorder {
                 }
             }
             let head = *self.head.borrow();
-            crate::metrics::events_pending(sink, head.saturating_sub(self.sinks.borrow()[index].cursor));
+            crate::metrics::events_pending(
+                sink,
+                head.saturating_sub(self.sinks.borrow()[index].cursor),
+            );
         }
     }
 
@@ -403,13 +416,21 @@ mod tests {
         let pushes = f.cache.pushed.lock().unwrap();
         assert!(pushes.iter().all(|p| p.invalidate_results));
         let users: Vec<&str> = pushes[0].users.iter().map(|u| u.user_id.as_str()).collect();
-        assert_eq!(users, ["u1", "u2"], "every user's cached answers are dropped, a follower's too");
+        assert_eq!(
+            users,
+            ["u1", "u2"],
+            "every user's cached answers are dropped, a follower's too"
+        );
         drop(pushes);
         // The graph: an engagement for the click, a follows edge, nothing for the skip.
         let edges = f.graph.edges.lock().unwrap().clone();
         assert_eq!(edges.len(), 2, "{edges:?}");
-        assert!(matches!(&edges[0], reco_client::GraphEdge::Engaged { item, .. } if item.as_str() == "i1"));
-        assert!(matches!(&edges[1], reco_client::GraphEdge::Follows { followee, .. } if followee.as_str() == "u2"));
+        assert!(
+            matches!(&edges[0], reco_client::GraphEdge::Engaged { item, .. } if item.as_str() == "i1")
+        );
+        assert!(
+            matches!(&edges[1], reco_client::GraphEdge::Follows { followee, .. } if followee.as_str() == "u2")
+        );
         r.finish().await;
     }
 
@@ -418,7 +439,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = Fixture::new();
         let r = Recorder::start(&plan(&dir, Duration::from_secs(30)), f.downstreams()).unwrap();
-        r.record(vec![ev("u1", "click", "i1", "e1")], None).await.unwrap();
+        r.record(vec![ev("u1", "click", "i1", "e1")], None)
+            .await
+            .unwrap();
         let again = r
             .record(
                 vec![ev("u1", "click", "i1", "e1"), ev("u1", "click", "i2", "e2")],
@@ -438,11 +461,21 @@ mod tests {
         f.cache.script.set("push_events", Mode::Fail);
         let r = Recorder::start(&plan(&dir, Duration::from_secs(30)), f.downstreams()).unwrap();
         // The first call waits for the cache worker's first failure; the others do not wait for it at all.
-        let first = r.record(vec![ev("u1", "click", "i1", "e1")], None).await.unwrap();
+        let first = r
+            .record(vec![ev("u1", "click", "i1", "e1")], None)
+            .await
+            .unwrap();
         assert_eq!((first.accepted, first.pending), (1, 1));
-        let second = r.record(vec![ev("u1", "click", "i2", "e2")], None).await.unwrap();
+        let second = r
+            .record(vec![ev("u1", "click", "i2", "e2")], None)
+            .await
+            .unwrap();
         assert_eq!(second.pending, 1, "the cache has not taken it");
-        assert_eq!(appended_ids(&f), ["e1", "e2"], "the feature service took both");
+        assert_eq!(
+            appended_ids(&f),
+            ["e1", "e2"],
+            "the feature service took both"
+        );
         assert!(pushed_ids(&f).is_empty());
         // Stopped while the cache is down: the events stay in the outbox.
         r.finish().await;
@@ -452,8 +485,14 @@ mod tests {
         let r = Recorder::start(&plan(&dir, Duration::from_secs(30)), f2.downstreams()).unwrap();
         until("the cache takes what waited", || pushed_ids(&f2).len() == 2).await;
         assert_eq!(pushed_ids(&f2), ["e1", "e2"], "in order");
-        assert!(appended_ids(&f2).is_empty(), "what the feature service took is not sent again");
-        let third = r.record(vec![ev("u1", "click", "i3", "e3")], None).await.unwrap();
+        assert!(
+            appended_ids(&f2).is_empty(),
+            "what the feature service took is not sent again"
+        );
+        let third = r
+            .record(vec![ev("u1", "click", "i3", "e3")], None)
+            .await
+            .unwrap();
         assert_eq!(third.pending, 0);
         r.finish().await;
     }
@@ -483,16 +522,24 @@ mod tests {
         let mut p = plan(&dir, Duration::ZERO);
         p.capacity = 2;
         let r = Recorder::start(&p, f.downstreams()).unwrap();
-        r.record(vec![ev("u1", "click", "i1", "e1"), ev("u1", "click", "i2", "e2")], None)
-            .await
-            .unwrap();
+        r.record(
+            vec![ev("u1", "click", "i1", "e1"), ev("u1", "click", "i2", "e2")],
+            None,
+        )
+        .await
+        .unwrap();
         // The others take them; the graph holds them back.
         until("the feature and cache services take both", || {
             appended_ids(&f).len() == 2 && pushed_ids(&f).len() == 2
         })
         .await;
-        let err = r.record(vec![ev("u1", "click", "i3", "e3")], None).await.unwrap_err();
-        let AppendError::Full(full) = err else { panic!("{err}") };
+        let err = r
+            .record(vec![ev("u1", "click", "i3", "e3")], None)
+            .await
+            .unwrap_err();
+        let AppendError::Full(full) = err else {
+            panic!("{err}")
+        };
         assert_eq!(full.sink, "graph", "{full}");
         assert!(full.to_string().contains("the limit is 2"), "{full}");
         r.finish().await;

@@ -14,8 +14,8 @@
 
 use std::{path::Path, sync::Arc};
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use reco_types::UserEvent;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const IDS: TableDefinition<&str, u64> = TableDefinition::new("ids");
@@ -93,7 +93,10 @@ impl Outbox {
             if meta.get("next").map_err(|e| err(&e))?.is_none() {
                 meta.insert("next", 1).map_err(|e| err(&e))?;
             }
-            let next = meta.get("next").map_err(|e| err(&e))?.map_or(1, |v| v.value());
+            let next = meta
+                .get("next")
+                .map_err(|e| err(&e))?
+                .map_or(1, |v| v.value());
             for sink in sinks {
                 // A sink new to this file starts at what is in it now, not at the beginning of time.
                 let key = cursor_key(sink);
@@ -124,7 +127,10 @@ impl Outbox {
         let tx = self.db.begin_read().map_err(|e| self.err(e))?;
         let meta = tx.open_table(META).map_err(|e| self.err(e))?;
         let get = |k: &str| -> Result<u64, OutboxError> {
-            Ok(meta.get(k).map_err(|e| self.err(e))?.map_or(0, |v| v.value()))
+            Ok(meta
+                .get(k)
+                .map_err(|e| self.err(e))?
+                .map_or(0, |v| v.value()))
         };
         let cursors = self
             .sinks
@@ -144,12 +150,19 @@ impl Outbox {
             let mut table = tx.open_table(EVENTS).map_err(|e| self.err(e))?;
             let mut ids = tx.open_table(IDS).map_err(|e| self.err(e))?;
             let mut log = tx.open_table(ID_LOG).map_err(|e| self.err(e))?;
-            let mut next = meta.get("next").map_err(|e| self.err(e))?.map_or(1, |v| v.value());
+            let mut next = meta
+                .get("next")
+                .map_err(|e| self.err(e))?
+                .map_or(1, |v| v.value());
             let (slowest, cursor) = self
                 .sinks
                 .iter()
                 .map(|s| {
-                    let c = meta.get(cursor_key(s).as_str()).ok().flatten().map_or(0, |v| v.value());
+                    let c = meta
+                        .get(cursor_key(s).as_str())
+                        .ok()
+                        .flatten()
+                        .map_or(0, |v| v.value());
                     (*s, c)
                 })
                 .min_by_key(|(_, c)| *c)
@@ -161,7 +174,9 @@ impl Outbox {
                     continue;
                 }
                 let bytes = postcard::to_stdvec(e).map_err(|e| self.err(e))?;
-                table.insert(next, bytes.as_slice()).map_err(|e| self.err(e))?;
+                table
+                    .insert(next, bytes.as_slice())
+                    .map_err(|e| self.err(e))?;
                 ids.insert(e.id.as_str(), next).map_err(|e| self.err(e))?;
                 log.insert(next, e.id.as_str()).map_err(|e| self.err(e))?;
                 seqs.push(Some(next));
@@ -261,7 +276,10 @@ mod tests {
         let o = Outbox::open(&path, SINKS, 100, 1000).unwrap();
         let a = o.append(&[ev("e1"), ev("e2"), ev("e1")]).unwrap();
         assert_eq!(a.seqs, [Some(1), Some(2), None]);
-        assert_eq!(o.append(&[ev("e2"), ev("e3")]).unwrap().seqs, [None, Some(3)]);
+        assert_eq!(
+            o.append(&[ev("e2"), ev("e3")]).unwrap().seqs,
+            [None, Some(3)]
+        );
         o.advance("a", 3).unwrap();
         assert!(o.read(3, 10).unwrap().is_empty());
         let for_b: Vec<u64> = o.read(0, 10).unwrap().iter().map(|(s, _)| *s).collect();
@@ -270,8 +288,16 @@ mod tests {
         assert_eq!(o.read(0, 10).unwrap().len(), 1, "what both applied is gone");
         drop(o);
         let o = Outbox::open(&path, SINKS, 100, 1000).unwrap();
-        assert_eq!(o.positions().unwrap(), (vec![3, 2], 4), "reopened where it was");
-        assert_eq!(o.append(&[ev("e3")]).unwrap().seqs, [None], "ids outlive a reopen");
+        assert_eq!(
+            o.positions().unwrap(),
+            (vec![3, 2], 4),
+            "reopened where it was"
+        );
+        assert_eq!(
+            o.append(&[ev("e3")]).unwrap().seqs,
+            [None],
+            "ids outlive a reopen"
+        );
     }
 
     #[test]
@@ -281,10 +307,20 @@ mod tests {
         o.append(&[ev("e1"), ev("e2")]).unwrap();
         o.advance("a", 2).unwrap();
         let err = o.append(&[ev("e3"), ev("e4")]).unwrap_err();
-        let AppendError::Full(full) = err else { panic!("{err}") };
+        let AppendError::Full(full) = err else {
+            panic!("{err}")
+        };
         assert_eq!((full.pending, full.capacity, full.sink), (2, 3, "b"));
-        assert_eq!(o.positions().unwrap().1, 3, "nothing of the refused batch was written");
-        assert_eq!(o.append(&[ev("e3")]).unwrap().seqs, [Some(3)], "e3 was not taken as seen");
+        assert_eq!(
+            o.positions().unwrap().1,
+            3,
+            "nothing of the refused batch was written"
+        );
+        assert_eq!(
+            o.append(&[ev("e3")]).unwrap().seqs,
+            [Some(3)],
+            "e3 was not taken as seen"
+        );
         o.advance("b", 3).unwrap();
         assert_eq!(o.append(&[ev("e4"), ev("e5")]).unwrap().seqs.len(), 2);
     }
@@ -297,6 +333,10 @@ mod tests {
             o.append(&[ev(id)]).unwrap();
         }
         assert_eq!(o.append(&[ev("e3")]).unwrap().seqs, [None]);
-        assert_eq!(o.append(&[ev("e1")]).unwrap().seqs, [Some(4)], "e1 is past the window");
+        assert_eq!(
+            o.append(&[ev("e1")]).unwrap().seqs,
+            [Some(4)],
+            "e1 is past the window"
+        );
     }
 }
