@@ -82,7 +82,8 @@ fn render() -> String {
          Every flag of every service, with the environment variable that sets it and its default. Generated from the \
          code by `RECO_UPDATE_DOCS=1 cargo test -p reco-integration-tests --test config_reference`; that test \
          fails when this file and the code disagree. `--listen` defaults to 127.0.0.1 on the service's own port \
-         (gateway 50051, feature 50052, cache 50053, vector-recall 50054, graph-recall 50055, ranking 50056).\n\n\
+         (gateway 50051, feature 50052, cache 50053, vector-recall 50054, graph-recall 50055, ranking 50056, \
+         ingest 50057).\n\n\
          ## Every process\n\n",
     );
     out.push_str(PROCESS_WIDE);
@@ -94,6 +95,7 @@ fn render() -> String {
         reco_vector_recall::Config::command(),
         reco_graph_recall::Config::command(),
         reco_ranking::Config::command(),
+        reco_ingest::Config::command(),
     ] {
         out.push_str(&section(cmd));
     }

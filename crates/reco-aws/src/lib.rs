@@ -112,7 +112,8 @@ pub fn is_local(url: &str) -> bool {
 
 /// Declares a clap `Args` struct of AWS flags with the given prefix, convertible into [`AwsSettings`]. Each
 /// backend gets its own (`--dynamodb-region`, `--sagemaker-endpoint-url`, ...), so one process can talk to
-/// several AWS services, each possibly local, without one flag meaning two things.
+/// several AWS services, each possibly local, without one flag meaning two things (the argument ids are the flag
+/// names, so two such structs can sit in one command).
 #[macro_export]
 macro_rules! aws_args {
     ($(#[$meta:meta])* $name:ident, $flag:literal, $env:literal) => {
@@ -120,19 +121,19 @@ macro_rules! aws_args {
         #[derive(Clone, Debug, clap::Args)]
         pub struct $name {
             #[doc = concat!("AWS region of ", $flag, " (default: the SDK's chain, AWS_REGION or the profile).")]
-            #[arg(long = concat!($flag, "-region"), env = concat!("RECO_", $env, "_REGION"))]
+            #[arg(id = concat!($flag, "-region"), long = concat!($flag, "-region"), env = concat!("RECO_", $env, "_REGION"))]
             pub region: Option<String>,
             #[doc = concat!("Endpoint override for ", $flag, " (e.g. a moto server: http://127.0.0.1:5000).")]
-            #[arg(long = concat!($flag, "-endpoint-url"), env = concat!("RECO_", $env, "_ENDPOINT_URL"))]
+            #[arg(id = concat!($flag, "-endpoint-url"), long = concat!($flag, "-endpoint-url"), env = concat!("RECO_", $env, "_ENDPOINT_URL"))]
             pub endpoint_url: Option<String>,
             /// Timeout of one attempt of one call, in ms.
-            #[arg(long = concat!($flag, "-attempt-timeout-ms"), env = concat!("RECO_", $env, "_ATTEMPT_TIMEOUT_MS"), default_value_t = $crate::DEFAULT_ATTEMPT_TIMEOUT_MS)]
+            #[arg(id = concat!($flag, "-attempt-timeout-ms"), long = concat!($flag, "-attempt-timeout-ms"), env = concat!("RECO_", $env, "_ATTEMPT_TIMEOUT_MS"), default_value_t = $crate::DEFAULT_ATTEMPT_TIMEOUT_MS)]
             pub attempt_timeout_ms: u64,
             /// Timeout of one call with its retries, in ms.
-            #[arg(long = concat!($flag, "-operation-timeout-ms"), env = concat!("RECO_", $env, "_OPERATION_TIMEOUT_MS"), default_value_t = $crate::DEFAULT_OPERATION_TIMEOUT_MS)]
+            #[arg(id = concat!($flag, "-operation-timeout-ms"), long = concat!($flag, "-operation-timeout-ms"), env = concat!("RECO_", $env, "_OPERATION_TIMEOUT_MS"), default_value_t = $crate::DEFAULT_OPERATION_TIMEOUT_MS)]
             pub operation_timeout_ms: u64,
             /// Attempts per call, the first included (adaptive retry mode).
-            #[arg(long = concat!($flag, "-max-attempts"), env = concat!("RECO_", $env, "_MAX_ATTEMPTS"), default_value_t = $crate::DEFAULT_MAX_ATTEMPTS)]
+            #[arg(id = concat!($flag, "-max-attempts"), long = concat!($flag, "-max-attempts"), env = concat!("RECO_", $env, "_MAX_ATTEMPTS"), default_value_t = $crate::DEFAULT_MAX_ATTEMPTS)]
             pub max_attempts: u32,
         }
 

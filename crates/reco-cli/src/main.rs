@@ -44,6 +44,13 @@ enum Command {
     /// Bulk-load a dataset into running services: features into a new version, switched to atomically once
     /// complete, then vectors, graph edges and sequences.
     Sync(SyncArgs),
+    /// Read users' events from a Kinesis stream and record them through a gateway (`reco ingest --help`): the
+    /// ingest service, as `reco serve ingest` runs it.
+    Ingest {
+        /// The ingest service's flags.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Run one service in this process, with the flags of its own binary (`reco serve feature --help`).
     Serve {
         /// feature, cache, vector-recall, graph-recall, ranking or gateway.
@@ -560,9 +567,12 @@ async fn main() -> anyhow::Result<()> {
         // The service sets up its own telemetry, under its own name.
         return reco_cli::serve::serve(service, args).await;
     }
+    if let Command::Ingest { args } = &cli.command {
+        return reco_cli::serve::serve("ingest", args).await;
+    }
     let _telemetry = reco_telemetry::init("reco", &cli.telemetry)?;
     match cli.command {
-        Command::Serve { .. } => unreachable!("handled above"),
+        Command::Serve { .. } | Command::Ingest { .. } => unreachable!("handled above"),
         Command::Up(args) => up(args).await,
         Command::Eval(args) => eval(args).await,
         Command::Sync(args) => sync(args).await,

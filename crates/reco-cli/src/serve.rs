@@ -66,8 +66,15 @@ pub async fn serve(service: &str, args: &[String]) -> anyhow::Result<()> {
             let l = listen(c.listen_addr()).await?;
             reco_gateway::build(&c)?.serve(l, stop()).await?;
         }
+        // Not one of the platform's six: a stream consumer that records through the gateway.
+        "ingest" => {
+            let c = reco_ingest::Config::try_parse_from(argv("reco-ingest"))?;
+            let _t = reco_telemetry::init("reco-ingest", &c.telemetry)?;
+            let l = listen(c.listen_addr()).await?;
+            reco_ingest::build(&c).await?.serve(l, stop()).await?;
+        }
         other => anyhow::bail!(
-            "unknown service {other:?}: the services are {}",
+            "unknown service {other:?}: the services are {}, and ingest",
             SERVICES.join(", ")
         ),
     }

@@ -332,6 +332,22 @@ pub fn derive(data: &Dataset, seed: u64) -> Snapshot {
     }
 }
 
+/// The id of an interaction of the history, the same every time the same data is derived: a sync run twice appends
+/// each user's sequence once (the feature store leaves out an event whose id it holds). One user's interactions
+/// with one item at one time and weight are one event.
+pub fn history_event_id(user: &str, item: &str, timestamp_ms: i64, weight: f32) -> EventId {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for part in [user.as_bytes(), b"\0", item.as_bytes(), b"\0"] {
+        h.update(part);
+    }
+    h.update(timestamp_ms.to_le_bytes());
+    h.update(weight.to_le_bytes());
+    let digest = h.finalize();
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    EventId::parse("event_id", format!("h-{hex}")).expect("a short ascii id")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -400,20 +416,4 @@ mod tests {
             diff / nd as f32
         );
     }
-}
-
-/// The id of an interaction of the history, the same every time the same data is derived: a sync run twice appends
-/// each user's sequence once (the feature store leaves out an event whose id it holds). One user's interactions
-/// with one item at one time and weight are one event.
-pub fn history_event_id(user: &str, item: &str, timestamp_ms: i64, weight: f32) -> EventId {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    for part in [user.as_bytes(), b"\0", item.as_bytes(), b"\0"] {
-        h.update(part);
-    }
-    h.update(timestamp_ms.to_le_bytes());
-    h.update(weight.to_le_bytes());
-    let digest = h.finalize();
-    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-    EventId::parse("event_id", format!("h-{hex}")).expect("a short ascii id")
 }

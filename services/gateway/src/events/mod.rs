@@ -114,12 +114,12 @@ impl Recorder {
             tasks: TaskTracker::new(),
             closing: CancellationToken::new(),
         });
-        for index in 0..SINKS.len() {
+        for (index, sink) in SINKS.iter().enumerate() {
             let r = recorder.clone();
             let d = downstreams.clone();
             recorder.tasks.spawn(
                 async move { r.work(index, d).await }
-                    .instrument(tracing::info_span!("event_sink", sink = SINKS[index])),
+                    .instrument(tracing::info_span!("event_sink", sink = *sink)),
             );
         }
         Ok(recorder)
@@ -413,7 +413,7 @@ mod tests {
         // The sequence and the recent clicks take item events, a skip too (it is not shown again).
         assert_eq!(appended_ids(&f), ["e1", "e3"]);
         assert_eq!(pushed_ids(&f), ["e1", "e3"]);
-        let pushes = f.cache.pushed.lock().unwrap();
+        let pushes = f.cache.pushed.lock().unwrap().clone();
         assert!(pushes.iter().all(|p| p.invalidate_results));
         let users: Vec<&str> = pushes[0].users.iter().map(|u| u.user_id.as_str()).collect();
         assert_eq!(
@@ -421,7 +421,6 @@ mod tests {
             ["u1", "u2"],
             "every user's cached answers are dropped, a follower's too"
         );
-        drop(pushes);
         // The graph: an engagement for the click, a follows edge, nothing for the skip.
         let edges = f.graph.edges.lock().unwrap().clone();
         assert_eq!(edges.len(), 2, "{edges:?}");
