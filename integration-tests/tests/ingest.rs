@@ -477,3 +477,46 @@ async fn a_consumer_killed_mid_stream_and_a_reshard_lose_and_double_nothing() {
     last.expect("every event once, in order");
     t.platform.shutdown().await.unwrap();
 }
+
+/// Checkpoints in DynamoDB (production's place for them), on moto: the table is made on demand, positions
+/// outlive the client, and two streams sharing the table keep apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_in_dynamodb_outlive_the_consumer() {
+    use reco_ingest::checkpoint::{Checkpoints, DynamoCheckpoints, Position};
+    let Some(moto) = MotoServer::start() else {
+        eprintln!("moto_server is not installed: skipped (CI sets RECO_REQUIRE_MOTO)");
+        return;
+    };
+    let aws = reco_aws::AwsSettings::local(moto.endpoint());
+    let a = DynamoCheckpoints::new(&aws, "reco-ingest-checkpoints", "events-a", true)
+        .await
+        .unwrap();
+    let at = |s: &str, finished| Position {
+        after: Some(s.into()),
+        finished,
+    };
+    a.save("shardId-000000000000", &at("49590", false))
+        .await
+        .unwrap();
+    a.save("shardId-000000000001", &at("77", true))
+        .await
+        .unwrap();
+    a.save("shardId-000000000000", &at("49600", false))
+        .await
+        .unwrap();
+    // A new client (a restarted consumer), the table made again (already there: fine), another stream beside.
+    let again = DynamoCheckpoints::new(&aws, "reco-ingest-checkpoints", "events-a", true)
+        .await
+        .unwrap();
+    let b = DynamoCheckpoints::new(&aws, "reco-ingest-checkpoints", "events-b", false)
+        .await
+        .unwrap();
+    b.save("shardId-000000000000", &at("1", false))
+        .await
+        .unwrap();
+    let got = again.load().await.unwrap();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(got["shardId-000000000000"], at("49600", false));
+    assert_eq!(got["shardId-000000000001"], at("77", true));
+    assert_eq!(b.load().await.unwrap().len(), 1);
+}

@@ -45,9 +45,11 @@ fn every_service_has_probes_resources_and_a_service_on_its_port() {
     let hpas = by_kind(&docs, "HorizontalPodAutoscaler");
     let pdbs = by_kind(&docs, "PodDisruptionBudget");
     let config_maps = by_kind(&docs, "ConfigMap");
-    assert_eq!(deployments.len(), APIS.len(), "{:?}", deployments.keys());
+    assert_eq!(deployments.len(), APIS.len() + 1, "{:?}", deployments.keys());
 
-    for (service, _) in APIS {
+    // The six services, and the stream consumer (no API of its own, but health like theirs).
+    let names = APIS.iter().map(|(s, _)| *s).chain(["ingest"]);
+    for service in names {
         let name = format!("reco-{service}");
         let d = deployments
             .get(&name)
@@ -101,6 +103,13 @@ fn every_service_has_probes_resources_and_a_service_on_its_port() {
             "{name}: its configuration comes from a ConfigMap that exists"
         );
 
+        if service == "ingest" {
+            // One consumer per stream (and nothing calls it: no Service): never two at once, not even during a rollout.
+            assert_eq!(d["spec"]["replicas"].as_i64(), Some(1), "{name}");
+            assert_eq!(d["spec"]["strategy"]["type"].as_str(), Some("Recreate"), "{name}");
+            assert!(!hpas.contains_key(&name), "{name} must not scale out");
+            continue;
+        }
         let s = services
             .get(&name)
             .unwrap_or_else(|| panic!("no Service {name}"));
@@ -197,6 +206,7 @@ fn every_configmap_variable_is_one_its_service_reads() {
         ("vector-recall", reco_vector_recall::Config::command()),
         ("graph-recall", reco_graph_recall::Config::command()),
         ("ranking", reco_ranking::Config::command()),
+        ("ingest", reco_ingest::Config::command()),
     ] {
         let known = envs_of(cmd);
         let map = config_maps[&format!("reco-{service}")];
