@@ -45,7 +45,12 @@ fn every_service_has_probes_resources_and_a_service_on_its_port() {
     let hpas = by_kind(&docs, "HorizontalPodAutoscaler");
     let pdbs = by_kind(&docs, "PodDisruptionBudget");
     let config_maps = by_kind(&docs, "ConfigMap");
-    assert_eq!(deployments.len(), APIS.len() + 1, "{:?}", deployments.keys());
+    assert_eq!(
+        deployments.len(),
+        APIS.len() + 1,
+        "{:?}",
+        deployments.keys()
+    );
 
     // The six services, and the stream consumer (no API of its own, but health like theirs).
     let names = APIS.iter().map(|(s, _)| *s).chain(["ingest"]);
@@ -106,7 +111,11 @@ fn every_service_has_probes_resources_and_a_service_on_its_port() {
         if service == "ingest" {
             // One consumer per stream (and nothing calls it: no Service): never two at once, not even during a rollout.
             assert_eq!(d["spec"]["replicas"].as_i64(), Some(1), "{name}");
-            assert_eq!(d["spec"]["strategy"]["type"].as_str(), Some("Recreate"), "{name}");
+            assert_eq!(
+                d["spec"]["strategy"]["type"].as_str(),
+                Some("Recreate"),
+                "{name}"
+            );
             assert!(!hpas.contains_key(&name), "{name} must not scale out");
             continue;
         }

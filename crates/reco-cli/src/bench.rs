@@ -20,7 +20,9 @@ use reco_proto::{
         BatchGetItemFeaturesRequest, GetUserContextRequest,
         feature_service_client::FeatureServiceClient,
     },
-    gateway::v1::{RecommendRequest, gateway_client::GatewayClient},
+    gateway::v1::{
+        RecommendRequest, RecordEventsRequest, UserEvent, gateway_client::GatewayClient,
+    },
     graph_recall::v1::{RecallRequest, graph_recall_client::GraphRecallClient},
     ranking::v1::{RankCandidate, RankRequest, ranking_client::RankingClient},
     vector_recall::v1::{SearchRequest, search_request, vector_recall_client::VectorRecallClient},
@@ -45,6 +47,22 @@ pub enum Target {
     GraphRecall,
     /// Ranking Rank of 500 candidates found by CF.
     Rank,
+    /// Gateway RecordEvents of a batch of [`EVENTS_PER_CALL`] clicks (fresh ids, users and items spread over the
+    /// data): how many events a second the outbox and its sinks take.
+    RecordEvents,
+}
+
+/// Events in one RecordEvents call of the `record-events` target.
+pub const EVENTS_PER_CALL: usize = 100;
+
+impl Target {
+    /// What one call carries: events for RecordEvents, one request otherwise.
+    pub fn per_call(self) -> u64 {
+        match self {
+            Target::RecordEvents => EVENTS_PER_CALL as u64,
+            _ => 1,
+        }
+    }
 }
 
 /// One run's settings.
@@ -81,6 +99,8 @@ pub struct BenchReport {
     /// or comes from a few bad seconds (a stall, a burst of cache expiries).
     pub by_second: Vec<Histogram<u64>>,
     pub elapsed: Duration,
+    /// Events (or requests) one call carries.
+    pub per_call: u64,
 }
 
 fn hist() -> Histogram<u64> {
@@ -104,6 +124,8 @@ struct Caller {
     items: Arc<Vec<String>>,
     timeout: Duration,
     decode_answers: bool,
+    /// Makes this run's event ids its own (a gateway refuses ids it has seen).
+    nonce: u64,
 }
 
 /// An answer read without being built ([`BenchConfig::decode_answers`] off): every field is read and checked for
@@ -299,6 +321,33 @@ impl Caller {
                 RankingClient::new(self.channel.clone()).rank(r).await?;
                 Ok((Vec::new(), false))
             }
+            Target::RecordEvents => {
+                let events = (0..EVENTS_PER_CALL)
+                    .map(|k| {
+                        let at = n as usize * EVENTS_PER_CALL + k;
+                        UserEvent {
+                            user_id: self.users[at % self.users.len()].clone(),
+                            item_id: self.items[(at * 31) % self.items.len()].clone(),
+                            kind: "click".into(),
+                            event_id: format!("bench-{:x}-{n}-{k}", self.nonce),
+                            ..Default::default()
+                        }
+                    })
+                    .collect();
+                let r = self.request(RecordEventsRequest { events });
+                let a = GatewayClient::new(self.channel.clone())
+                    .record_events(r)
+                    .await?
+                    .into_inner();
+                if a.accepted as usize != EVENTS_PER_CALL {
+                    return Err(tonic::Status::internal(format!(
+                        "{EVENTS_PER_CALL} events sent, {} accepted",
+                        a.accepted
+                    )));
+                }
+                // An answer with events still pending (a sink slower than the call's wait) counts as degraded.
+                Ok((Vec::new(), a.pending > 0))
+            }
         }
     }
 }
@@ -346,8 +395,14 @@ pub async fn run(cfg: &BenchConfig) -> anyhow::Result<BenchReport> {
         items: Arc::new(cfg.items.clone()),
         timeout: cfg.timeout,
         decode_answers: cfg.decode_answers,
+        nonce: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64),
     };
-    if matches!(cfg.target, Target::ItemBatch | Target::Rank) {
+    if matches!(
+        cfg.target,
+        Target::ItemBatch | Target::Rank | Target::RecordEvents
+    ) {
         anyhow::ensure!(!cfg.items.is_empty(), "no items to ask for");
     }
     // Warm-up: the same load, not recorded.
@@ -363,6 +418,7 @@ pub async fn run(cfg: &BenchConfig) -> anyhow::Result<BenchReport> {
         stages: t.stages,
         by_second: t.by_second,
         elapsed,
+        per_call: cfg.target.per_call(),
     })
 }
 
@@ -462,13 +518,22 @@ impl BenchReport {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "sent {}, ok {}, errors {:?}, degraded {}, {:.0} ok/s over {:.1?}",
+            "sent {}, ok {}, errors {:?}, degraded {}, {:.0} ok/s over {:.1?}{}",
             self.sent,
             self.ok,
             self.errors,
             self.degraded,
             self.throughput(),
-            self.elapsed
+            self.elapsed,
+            if self.per_call > 1 {
+                format!(
+                    " ({:.0} events/s, {} a call)",
+                    self.throughput() * self.per_call as f64,
+                    self.per_call
+                )
+            } else {
+                String::new()
+            }
         );
         let _ = writeln!(
             out,
@@ -526,6 +591,8 @@ impl BenchReport {
             "sent": self.sent,
             "ok": self.ok,
             "throughput": self.throughput(),
+            "per_call": self.per_call,
+            "events_per_s": self.throughput() * self.per_call as f64,
             "p50_ms": ms(&self.latency, 0.5),
             "p90_ms": ms(&self.latency, 0.9),
             "p99_ms": ms(&self.latency, 0.99),

@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod dataset;
 pub mod eval;
+pub mod events_bench;
 pub mod load;
 pub mod platform;
 pub mod processes;

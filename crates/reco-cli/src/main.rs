@@ -38,6 +38,9 @@ enum Command {
     /// Load-test the gateway or the feature service: open loop at a rate (latency from the intended send time),
     /// or closed loop; HDR percentiles, errors by status, per-stage latencies.
     Bench(BenchArgs),
+    /// Measure the stream path against a running platform and a Kinesis API: how many events a second the
+    /// ingest service records from a backlog, and how soon a click put on the stream leaves the user's next answer.
+    BenchEvents(BenchEventsArgs),
     /// Learn the ranking model from a dataset (split by time: features from the past, labels from what came next)
     /// and write it as a model file the ranking service loads (and reloads when it changes).
     Train(TrainArgs),
@@ -59,6 +62,42 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+}
+
+#[derive(clap::Args)]
+struct BenchEventsArgs {
+    /// The gateway (events are recorded and answers asked through it).
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    gateway_addr: String,
+    /// The cache service (the recent clicks say when the backlog is recorded).
+    #[arg(long, default_value = "127.0.0.1:50053")]
+    cache_addr: String,
+    /// The Kinesis endpoint (a moto server: http://127.0.0.1:5000); without it, AWS's.
+    #[arg(long)]
+    kinesis_endpoint_url: Option<String>,
+    #[arg(long)]
+    kinesis_region: Option<String>,
+    /// Shards of the stream the bench creates.
+    #[arg(long, default_value_t = 2)]
+    shards: i32,
+    /// Records in the backlog.
+    #[arg(long, default_value_t = 20_000)]
+    events: usize,
+    /// Freshness samples, one after another.
+    #[arg(long, default_value_t = 200)]
+    samples: usize,
+    /// The consumer's poll interval, ms.
+    #[arg(long, default_value_t = 200)]
+    poll_ms: u64,
+    /// How often Recommend is asked again while waiting for a click to show, ms.
+    #[arg(long, default_value_t = 5)]
+    check_ms: u64,
+    /// The platform's data, for item ids to click.
+    #[command(flatten)]
+    data: DataArgs,
+    /// Print the figures as one JSON line too.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -115,7 +154,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             let platform = Platform::start(PlatformConfig::default()).await?;
             load::load(reco_data::derive(&data, args.data.seed), &platform.addrs).await?;
             let addr = match args.target {
-                Target::Recommend => platform.addrs.gateway,
+                Target::Recommend | Target::RecordEvents => platform.addrs.gateway,
                 Target::UserContext | Target::ItemBatch => platform.addrs.feature,
                 Target::CacheGet => platform.addrs.cache,
                 Target::VectorSearch => platform.addrs.vector,
@@ -578,6 +617,27 @@ async fn main() -> anyhow::Result<()> {
         Command::Sync(args) => sync(args).await,
         Command::Train(args) => train(args).await,
         Command::Bench(args) => bench(args).await,
+        Command::BenchEvents(args) => {
+            let data = args.data.load()?;
+            let r = reco_cli::events_bench::run(&reco_cli::events_bench::EventsBench {
+                gateway: args.gateway_addr,
+                cache: args.cache_addr,
+                kinesis_endpoint: args.kinesis_endpoint_url,
+                region: args.kinesis_region,
+                shards: args.shards,
+                events: args.events,
+                samples: args.samples,
+                poll_ms: args.poll_ms,
+                check_ms: args.check_ms,
+                items: data.items.iter().map(|i| i.id.clone()).collect(),
+            })
+            .await?;
+            print!("{}", r.table());
+            if args.json {
+                println!("{}", r.json());
+            }
+            Ok(())
+        }
         Command::Recommend(args) => {
             let req = RecommendRequest {
                 user_id: args.user,
