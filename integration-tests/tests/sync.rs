@@ -259,6 +259,39 @@ async fn with_the_hot_key_cache_on_a_sync_switch_is_seen_at_once(wiring: Wiring)
     t.platform.shutdown().await.unwrap();
 }
 
+/// The history's events carry ids derived from the data, so a second sync of the same data appends nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_run_twice_appends_the_sequences_once() {
+    let t = TestPlatform::start().await;
+    let to = Targets::from(&t.platform.addrs);
+    let dir = tempfile::tempdir().unwrap();
+    movielens_with_a_bad_row(dir.path());
+    let mut seen = Vec::new();
+    for version in ["first", "second"] {
+        reco_cli::sync::sync(
+            dir.path(),
+            Format::Auto,
+            false,
+            1,
+            &to,
+            Some(version.into()),
+            false,
+        )
+        .await
+        .unwrap();
+        let ids: Vec<String> = context(&t, "ml-a")
+            .await
+            .recent_events
+            .into_iter()
+            .map(|e| format!("{} {}", e.item_id, e.event_id))
+            .collect();
+        seen.push(ids);
+    }
+    assert_eq!(seen[0].len(), 3, "ml-a's three ratings: {:?}", seen[0]);
+    assert_eq!(seen[0], seen[1], "the second sync appended nothing");
+    t.platform.shutdown().await.unwrap();
+}
+
 reco_integration_tests::on_both_wirings!(
     a_bad_row_is_reported_by_line_and_a_strict_load_leaves_the_previous_snapshot_serving,
     a_load_interrupted_half_way_leaves_the_old_snapshot_answering,
