@@ -157,6 +157,19 @@ async fn a_bad_row_is_reported_by_line_and_a_strict_load_leaves_the_previous_sna
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);
+    // A feature version nothing was loaded into is not activated (every user would cold-start).
+    let mut f = FeatureServiceClient::new(
+        reco_server::channel(&t.platform.addrs.feature.to_string()).unwrap(),
+    );
+    let err = f
+        .activate_version(reco_proto::feature::v1::ActivateVersionRequest {
+            feature_version: "never-loaded".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("never-loaded"), "{err:?}");
+    assert_eq!(active_version(&t).await, "lenient", "the active version stays");
     t.platform.shutdown().await.unwrap();
 }
 

@@ -59,6 +59,7 @@ impl CachedFeatureStore {
 fn unshare(e: Arc<FeatureStoreError>) -> FeatureStoreError {
     match &*e {
         FeatureStoreError::UnknownVersion(v) => FeatureStoreError::UnknownVersion(v.clone()),
+        FeatureStoreError::NotLoaded(v) => FeatureStoreError::NotLoaded(v.clone()),
         FeatureStoreError::Backend(m) => FeatureStoreError::Backend(m.clone()),
     }
 }

@@ -1153,6 +1153,11 @@ impl FeatureStore for DynamoFeatureStore {
     }
 
     async fn activate(&self, version: &FeatureVersion) -> Result<FeatureVersion> {
+        // Only a version something was written to (its name is in the pointer's set), or the one already active.
+        let (active, known) = self.read_meta().await?;
+        if active != version.as_str() && !known.contains(version.as_str()) {
+            return Err(FeatureStoreError::NotLoaded(version.to_string()));
+        }
         let out = self
             .client
             .update_item()
@@ -1167,8 +1172,10 @@ impl FeatureStore for DynamoFeatureStore {
             .await
             .map_err(backend)?;
         self.capacity.record(true, out.consumed_capacity());
+        // UPDATED_OLD leaves out an attribute the update did not change (activating the active version again).
         let previous = match out.attributes().and_then(|a| a.get("version")) {
             Some(AttributeValue::S(v)) => v.clone(),
+            _ if !active.is_empty() => active,
             _ => INITIAL_VERSION.to_string(),
         };
         {

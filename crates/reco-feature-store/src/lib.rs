@@ -63,6 +63,9 @@ pub enum FeatureStoreError {
     /// The request named a feature-set version the store does not have.
     #[error("feature version {0:?} does not exist")]
     UnknownVersion(String),
+    /// Activation of a version nothing was ever loaded into (every user would cold-start).
+    #[error("feature version {0:?} was never loaded: load it before activating it")]
+    NotLoaded(String),
     /// The backend failed or could not be reached.
     #[error("feature backend failed: {0}")]
     Backend(String),
@@ -153,7 +156,8 @@ pub trait FeatureStore: Send + Sync + 'static {
         Ok(self.versions().await?.0)
     }
 
-    /// Makes `version` active (creating it empty if new); returns the previously active version.
+    /// Makes `version` active; returns the previously active version. A version nothing was written to (and that
+    /// is not already active) is refused with [`FeatureStoreError::NotLoaded`].
     async fn activate(&self, version: &FeatureVersion) -> Result<FeatureVersion>;
 
     /// Whether the backend answers, for readiness.

@@ -220,6 +220,9 @@ impl FeatureStore for MemoryFeatureStore {
 
     async fn activate(&self, version: &FeatureVersion) -> Result<FeatureVersion> {
         let mut v = self.versions.write();
+        if !v.all.contains_key(version) && v.active != *version {
+            return Err(FeatureStoreError::NotLoaded(version.to_string()));
+        }
         v.all.entry(version.clone()).or_default();
         Ok(std::mem::replace(&mut v.active, version.clone()))
     }

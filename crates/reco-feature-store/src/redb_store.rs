@@ -402,6 +402,17 @@ impl FeatureStore for RedbFeatureStore {
         let previous = self
             .write(None, move |tx, _| {
                 let mut meta = tx.open_table(META).map_err(backend)?;
+                let known = meta
+                    .get(format!("v:{v}").as_str())
+                    .map_err(backend)?
+                    .is_some();
+                let active = meta
+                    .get("active")
+                    .map_err(backend)?
+                    .is_some_and(|a| a.value() == v);
+                if !known && !active {
+                    return Err(FeatureStoreError::NotLoaded(v));
+                }
                 meta.insert(format!("v:{v}").as_str(), "")
                     .map_err(backend)?;
                 let previous = meta

@@ -271,5 +271,15 @@ pub async fn versions_are_isolated_until_activated(store: &dyn FeatureStore) {
         .await
         .unwrap_err();
     assert!(matches!(err, FeatureStoreError::UnknownVersion(_)), "{err}");
+    // A version nothing was loaded into is not activated: every user would cold-start.
+    let err = store.activate(&missing).await.unwrap_err();
+    assert!(matches!(err, FeatureStoreError::NotLoaded(_)), "{err}");
+    assert_eq!(
+        store.active_version().await.unwrap(),
+        next,
+        "the active version stays"
+    );
+    // Activating the active one again is fine.
+    assert_eq!(store.activate(&next).await.unwrap(), next);
     store.activate(&before).await.unwrap();
 }

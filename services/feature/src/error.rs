@@ -18,6 +18,9 @@ impl From<Error> for tonic::Status {
             Error::Invalid(v) => reco_server::invalid_argument(v),
             Error::Store(s) => match s {
                 FeatureStoreError::UnknownVersion(_) => tonic::Status::not_found(s.to_string()),
+                FeatureStoreError::NotLoaded(_) => {
+                    tonic::Status::failed_precondition(s.to_string())
+                }
                 FeatureStoreError::Backend(_) => tonic::Status::unavailable(s.to_string()),
             },
         }
