@@ -159,6 +159,26 @@ async fn each_service_refuses_bad_input_with_the_reason() {
         .await,
         "edges[0].kind",
     );
+    // A strategy named twice would run twice, each under its own time budget.
+    let walk = graph::Strategy::RandomWalk as i32;
+    assert_invalid(
+        g.recall(graph::RecallRequest {
+            user_id: "u1".into(),
+            strategies: vec![walk, graph::Strategy::FriendsItems as i32, walk],
+            ..Default::default()
+        })
+        .await,
+        "strategies[2]: repeats",
+    );
+    assert_invalid(
+        g.recall(graph::RecallRequest {
+            user_id: "u1".into(),
+            strategies: vec![walk; 100_000],
+            ..Default::default()
+        })
+        .await,
+        "the limit is 4",
+    );
     // An unknown user is a cold start, not an error.
     let empty = g
         .recall(graph::RecallRequest {

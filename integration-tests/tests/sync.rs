@@ -169,7 +169,11 @@ async fn a_bad_row_is_reported_by_line_and_a_strict_load_leaves_the_previous_sna
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
     assert!(err.message().contains("never-loaded"), "{err:?}");
-    assert_eq!(active_version(&t).await, "lenient", "the active version stays");
+    assert_eq!(
+        active_version(&t).await,
+        "lenient",
+        "the active version stays"
+    );
     t.platform.shutdown().await.unwrap();
 }
 

@@ -20,6 +20,9 @@ pub struct GraphApi {
     store: Arc<dyn GraphStore>,
 }
 
+/// Most entries in `RecallRequest.strategies`: each strategy once.
+const MAX_STRATEGIES: usize = 4;
+
 impl GraphApi {
     pub fn new(store: Arc<dyn GraphStore>) -> Self {
         Self { store }
@@ -84,7 +87,25 @@ impl GraphApi {
             time_budget_ms,
         } = r;
         let user = UserId::parse("user_id", &user_id)?;
+        if strategies.len() > MAX_STRATEGIES {
+            return Err(ValidationError::new(
+                "strategies",
+                format!(
+                    "has {} entries, the limit is {MAX_STRATEGIES} (each strategy once)",
+                    strategies.len()
+                ),
+            )
+            .into());
+        }
         let strategies = each("strategies", strategies, strategy)?;
+        // Each strategy runs under its own time budget: a strategy named twice would double the call's work.
+        if let Some(i) = (1..strategies.len()).find(|&i| strategies[..i].contains(&strategies[i])) {
+            return Err(ValidationError::new(
+                format!("strategies[{i}]"),
+                format!("repeats {:?}: name each strategy once", strategies[i]),
+            )
+            .into());
+        }
         let budget = count("time_budget_ms", time_budget_ms, 20, 1, 10_000)?;
         let result = self
             .walk(
@@ -127,7 +148,13 @@ impl GraphApi {
         if strategies.is_empty() {
             strategies = vec![Strategy::FriendsItems, Strategy::SharedInterests];
         }
-        strategies.dedup();
+        // Each once, in the order first named (callers in process are not checked like gRPC requests).
+        let mut seen = Vec::with_capacity(strategies.len());
+        strategies.retain(|s| {
+            let new = !seen.contains(s);
+            seen.push(*s);
+            new
+        });
         let k = count("k", k, 100, 1, MAX_K as u32)?;
         let max_steps = count("max_steps", max_steps, 10_000, 1, MAX_STEPS as u32)?;
         Ok(self
