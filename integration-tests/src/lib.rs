@@ -229,3 +229,39 @@ macro_rules! on_both_wirings {
         }
     };
 }
+
+/// A user's recent clicks in the cache service at `cache`, as (item, event id), most recent first.
+pub async fn recent_clicks(cache: &str, user: &str) -> Vec<(String, String)> {
+    use reco_proto::cache::v1::{GetRecentEventsRequest, cache_service_client::CacheServiceClient};
+    CacheServiceClient::new(reco_server::channel(cache).unwrap())
+        .get_recent_events(GetRecentEventsRequest {
+            user_id: user.into(),
+            limit: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .events
+        .into_iter()
+        .map(|e| (e.item_id, e.event_id))
+        .collect()
+}
+
+/// A user's real-time sequence in the feature service at `feature`, as (item, event id), most recent first.
+pub async fn sequence(feature: &str, user: &str) -> Vec<(String, String)> {
+    use reco_proto::feature::v1::{
+        GetUserContextRequest, feature_service_client::FeatureServiceClient,
+    };
+    FeatureServiceClient::new(reco_server::channel(feature).unwrap())
+        .get_user_context(GetUserContextRequest {
+            user_id: user.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .recent_events
+        .into_iter()
+        .map(|e| (e.item_id, e.event_id))
+        .collect()
+}

@@ -5,14 +5,10 @@
 use std::{collections::BTreeMap, path::Path, time::Duration};
 
 use reco_cli::processes::{ProcessOptions, ProcessPlatform};
-use reco_integration_tests::{TestPlatform, Wiring, ask, small_data};
-use reco_proto::{
-    cache::v1::{GetRecentEventsRequest, cache_service_client::CacheServiceClient},
-    feature::v1::{GetUserContextRequest, feature_service_client::FeatureServiceClient},
-    gateway::v1::{
-        RecommendRequest, RecommendResponse, RecordEventsRequest, RecordEventsResponse,
-        StageStatus, UserEvent, gateway_client::GatewayClient,
-    },
+use reco_integration_tests::{TestPlatform, Wiring, ask, recent_clicks, sequence, small_data};
+use reco_proto::gateway::v1::{
+    RecommendRequest, RecommendResponse, RecordEventsRequest, RecordEventsResponse, StageStatus,
+    UserEvent, gateway_client::GatewayClient,
 };
 use tonic::Code;
 
@@ -37,38 +33,6 @@ async fn record(
         .record_events(r)
         .await
         .map(tonic::Response::into_inner)
-}
-
-/// The user's recent clicks in the cache service (item, event id), most recent first.
-async fn recent_clicks(cache: &str, user: &str) -> Vec<(String, String)> {
-    let mut c = CacheServiceClient::new(reco_server::channel(cache).unwrap());
-    c.get_recent_events(GetRecentEventsRequest {
-        user_id: user.into(),
-        limit: 0,
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .events
-    .into_iter()
-    .map(|e| (e.item_id, e.event_id))
-    .collect()
-}
-
-/// The user's real-time sequence in the feature service (item, event id), most recent first.
-async fn sequence(feature: &str, user: &str) -> Vec<(String, String)> {
-    let mut c = FeatureServiceClient::new(reco_server::channel(feature).unwrap());
-    c.get_user_context(GetUserContextRequest {
-        user_id: user.into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .recent_events
-    .into_iter()
-    .map(|e| (e.item_id, e.event_id))
-    .collect()
 }
 
 fn ids(r: &RecommendResponse) -> Vec<String> {

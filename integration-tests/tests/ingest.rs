@@ -6,12 +6,8 @@
 use std::{collections::BTreeMap, path::Path, process::Child, time::Duration};
 
 use aws_sdk_kinesis::{Client, primitives::Blob};
-use reco_integration_tests::{TestPlatform, ask};
-use reco_proto::{
-    cache::v1::{GetRecentEventsRequest, cache_service_client::CacheServiceClient},
-    feature::v1::{GetUserContextRequest, feature_service_client::FeatureServiceClient},
-    gateway::v1::RecommendRequest,
-};
+use reco_integration_tests::{TestPlatform, ask, recent_clicks, sequence};
+use reco_proto::gateway::v1::RecommendRequest;
 use reco_test_support::MotoServer;
 
 async fn kinesis(moto: &MotoServer) -> Client {
@@ -111,36 +107,6 @@ async fn ingest_in_process(
     (stop, task)
 }
 
-async fn recent(cache: &str, user: &str) -> Vec<(String, String)> {
-    CacheServiceClient::new(reco_server::channel(cache).unwrap())
-        .get_recent_events(GetRecentEventsRequest {
-            user_id: user.into(),
-            limit: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .events
-        .into_iter()
-        .map(|e| (e.item_id, e.event_id))
-        .collect()
-}
-
-async fn sequence(feature: &str, user: &str) -> Vec<(String, String)> {
-    FeatureServiceClient::new(reco_server::channel(feature).unwrap())
-        .get_user_context(GetUserContextRequest {
-            user_id: user.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .recent_events
-        .into_iter()
-        .map(|e| (e.item_id, e.event_id))
-        .collect()
-}
-
 /// Waits (a long while at most: not a timing) until `done` holds.
 async fn until<F: std::future::Future<Output = bool>>(what: &str, mut done: impl FnMut() -> F) {
     for _ in 0..600 {
@@ -207,10 +173,10 @@ async fn a_click_on_the_stream_reaches_the_next_answer_and_bad_records_are_dead_
     )
     .await;
     until("the click reaches the recent clicks", || async {
-        recent(&cache, &user).await.first().map(|e| &e.0) == Some(&clicked)
+        recent_clicks(&cache, &user).await.first().map(|e| &e.0) == Some(&clicked)
     })
     .await;
-    let (_, id) = recent(&cache, &user).await[0].clone();
+    let (_, id) = recent_clicks(&cache, &user).await[0].clone();
     assert!(
         id.starts_with("clicks:shardId-"),
         "the record's place is its id: {id}"
@@ -233,7 +199,7 @@ async fn a_click_on_the_stream_reaches_the_next_answer_and_bad_records_are_dead_
     )
     .await;
     until("the newcomer's click arrives", || async {
-        !recent(&cache, "stream-newcomer").await.is_empty()
+        !recent_clicks(&cache, "stream-newcomer").await.is_empty()
     })
     .await;
     let r = t

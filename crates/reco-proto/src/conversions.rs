@@ -276,6 +276,61 @@ pub fn ids<T>(
     each(list, ids, |s| parse("", &s))
 }
 
+/// An event as RecordEvents takes it: the same fields as a stream's JSON record, before checking.
+impl From<crate::gateway::v1::UserEvent> for domain::RawEvent {
+    fn from(e: crate::gateway::v1::UserEvent) -> Self {
+        let crate::gateway::v1::UserEvent {
+            user_id,
+            item_id,
+            target_user_id,
+            kind,
+            weight,
+            timestamp_ms,
+            request_id,
+            scene,
+            event_id,
+        } = e;
+        Self {
+            user_id,
+            item_id,
+            target_user_id,
+            kind,
+            weight,
+            timestamp_ms,
+            request_id,
+            scene,
+            event_id,
+        }
+    }
+}
+
+impl From<domain::RawEvent> for crate::gateway::v1::UserEvent {
+    fn from(e: domain::RawEvent) -> Self {
+        let domain::RawEvent {
+            user_id,
+            item_id,
+            target_user_id,
+            kind,
+            weight,
+            timestamp_ms,
+            request_id,
+            scene,
+            event_id,
+        } = e;
+        Self {
+            user_id,
+            item_id,
+            target_user_id,
+            kind,
+            weight,
+            timestamp_ms,
+            request_id,
+            scene,
+            event_id,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -54,29 +54,7 @@ fn user_events(events: Vec<pb::UserEvent>) -> Result<Vec<UserEvent>, ValidationE
     }
     let now = reco_types::now_ms();
     reco_types::each("events", events, |e| {
-        let pb::UserEvent {
-            user_id,
-            item_id,
-            target_user_id,
-            kind,
-            weight,
-            timestamp_ms,
-            request_id,
-            scene,
-            event_id,
-        } = e;
-        let raw = RawEvent {
-            user_id,
-            item_id,
-            target_user_id,
-            kind,
-            weight,
-            timestamp_ms,
-            request_id,
-            scene,
-            event_id,
-        };
-        UserEvent::parse(raw, events::fresh_id, now)
+        UserEvent::parse(RawEvent::from(e), events::fresh_id, now)
     })
 }
 

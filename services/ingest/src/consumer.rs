@@ -376,28 +376,7 @@ pub fn check(stream: &str, partition: &str, r: &Record, now: i64) -> Result<pb::
     }
     UserEvent::parse(raw.clone(), || unreachable!("the id is set"), now)
         .map_err(|e| e.to_string())?;
-    let RawEvent {
-        user_id,
-        item_id,
-        target_user_id,
-        kind,
-        weight,
-        timestamp_ms,
-        request_id,
-        scene,
-        event_id,
-    } = raw;
-    Ok(pb::UserEvent {
-        user_id,
-        item_id,
-        target_user_id,
-        kind,
-        weight,
-        timestamp_ms,
-        request_id,
-        scene,
-        event_id,
-    })
+    Ok(raw.into())
 }
 
 async fn pause(stop: &CancellationToken, backoff: &mut Duration) {
